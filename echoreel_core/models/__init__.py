@@ -1,0 +1,1 @@
+"""Model definitions, one module per model, with the official parameter names."""

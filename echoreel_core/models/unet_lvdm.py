@@ -1,0 +1,174 @@
+"""The LVDM-short text-to-video UNet (256x256, 16 frames), the base of the official EchoReel weights.
+
+It differs from VideoCrafter in layout, not in ideas: everything stays (b, c, t, h, w); the
+spatial convolutions are Conv3d with (1, 3, 3) kernels; each attention site is one fused
+SpatialTemporalTransformer whose block runs spatial self-attention, temporal self-attention,
+spatial cross-attention to CLIP ViT-L text and a second temporal self-attention before the FF;
+heads are 8 everywhere (d_head = c / 8); no fps, no init_attn, no temporal convolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from .layers import Attention, Downsample, FeedForward, GroupNorm32, ResBlock, Upsample, conv, timestep_embedding
+
+
+@dataclass(frozen=True)
+class LVDMUNetConfig:
+    in_channels: int = 4
+    out_channels: int = 4
+    model_channels: int = 320
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (4, 2, 1)
+    num_heads: int = 8
+    context_dim: int = 768
+    temporal_length: int = 16  # maximum relative distance of the temporal attentions
+    norm_groups: int = 32
+
+
+class BasicTransformerBlockST(nn.Module):
+    """The fused block: spatial self, temporal self, spatial cross, temporal self, (EchoReel), FF.
+
+    `action_integration`, when a caller sets it (EchoReel), runs after `attn2_tmp` and before the
+    FF on ((b h w), t, c) tokens, exactly where the official EchoReel code injects.
+    """
+
+    def __init__(self, dim: int, heads: int, context_dim: int, temporal_length: int):
+        super().__init__()
+        dim_head = dim // heads
+        self.attn1 = Attention(dim, None, heads, dim_head)
+        self.attn2 = Attention(dim, context_dim, heads, dim_head)
+        self.attn1_tmp = Attention(dim, None, heads, dim_head, relative_distance=temporal_length)
+        self.attn2_tmp = Attention(dim, None, heads, dim_head, relative_distance=temporal_length)
+        self.ff = FeedForward(dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.norm4 = nn.LayerNorm(dim)
+        self.norm5 = nn.LayerNorm(dim)
+        self.action_integration = None
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # x: (b, c, t, h, w); context: ((b t), L, context_dim)
+        b, _, t, h, w = x.shape
+        x = rearrange(x, "b c t h w -> (b t) (h w) c")
+        x = x + self.attn1(self.norm1(x))
+        x = rearrange(x, "(b t) (h w) c -> (b h w) t c", b=b, h=h)
+        x = x + self.attn1_tmp(self.norm4(x))
+        x = rearrange(x, "(b h w) t c -> (b t) (h w) c", b=b, h=h)
+        x = x + self.attn2(self.norm2(x), context)
+        x = rearrange(x, "(b t) (h w) c -> (b h w) t c", b=b, h=h)
+        x = x + self.attn2_tmp(self.norm5(x))
+        if self.action_integration is not None:
+            x = self.action_integration(x)
+        x = x + self.ff(self.norm3(x))
+        return rearrange(x, "(b h w) t c -> b c t h w", b=b, h=h, w=w)
+
+
+class SpatialTemporalTransformer(nn.Module):
+    """GroupNorm, 1x1x1 Conv3d in, the fused block, 1x1x1 Conv3d out (zero-init), residual."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int, temporal_length: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv3d(channels, channels, 1)
+        self.transformer_blocks = nn.ModuleList(
+            [BasicTransformerBlockST(channels, heads, context_dim, temporal_length)]
+        )
+        self.proj_out = nn.Conv3d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        h = self.proj_in(self.norm(x))
+        for block in self.transformer_blocks:
+            h = block(h, context)
+        return self.proj_out(h) + x
+
+
+class Block(nn.ModuleList):
+    """One `input_blocks.i` / `output_blocks.i` / `middle_block` entry: its layers in order."""
+
+    def forward(self, x, emb, context):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb, x.shape[0])
+            elif isinstance(layer, SpatialTemporalTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
+
+
+class LVDMUNet(nn.Module):
+    """UNet of LVDM short T2V: eps prediction for latents (b, 4, t, h, w)."""
+
+    def __init__(self, config: LVDMUNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        mc = cfg.model_channels
+        emb_dim = mc * 4
+        groups = cfg.norm_groups
+
+        def resblock(cin, cout):
+            return ResBlock(cin, cout, emb_dim, dims=3, groups=groups)
+
+        def transformer(ch):
+            return SpatialTemporalTransformer(ch, cfg.num_heads, cfg.context_dim, cfg.temporal_length, groups)
+
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.input_blocks = nn.ModuleList([Block([conv(3, cfg.in_channels, mc)])])
+        skip_channels = [mc]
+        ch, ds = mc, 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers = [resblock(ch, mult * mc)]
+                ch = mult * mc
+                if ds in cfg.attention_resolutions:
+                    layers.append(transformer(ch))
+                self.input_blocks.append(Block(layers))
+                skip_channels.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                self.input_blocks.append(Block([Downsample(ch, dims=3)]))
+                skip_channels.append(ch)
+                ds *= 2
+
+        self.middle_block = Block([resblock(ch, ch), transformer(ch), resblock(ch, ch)])
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [resblock(ch + skip_channels.pop(), mult * mc)]
+                ch = mult * mc
+                if ds in cfg.attention_resolutions:
+                    layers.append(transformer(ch))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(Upsample(ch, dims=3))
+                    ds //= 2
+                self.output_blocks.append(Block(layers))
+
+        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), conv(3, mc, cfg.out_channels))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, fps=None) -> torch.Tensor:
+        """x: (b, 4, t, h, w); timesteps: (b,); context: (b, 77, 768). `fps` is accepted and ignored (LVDM has none)."""
+        t = x.shape[2]
+        dtype = self.time_embed[0].weight.dtype
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))  # (b, 4 mc)
+        context = context.to(dtype).repeat_interleave(t, dim=0)  # ((b t), L, c), batch-major
+        h = x.to(dtype)
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            skips.append(h)
+        h = self.middle_block(h, emb, context)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+        return self.out(h).to(x.dtype)

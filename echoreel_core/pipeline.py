@@ -1,0 +1,118 @@
+"""Prompt in, frames out: text-to-video and image-to-video on a loaded VideoModel.
+
+Classifier-free guidance runs the conditional and unconditional branches in one batched UNet
+call (numerically the official two calls); the unconditional context is the empty prompt (or
+the negative prompt) and, for I2V, the tokens of a mid-grey image, as official.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .models.video_model import VideoModel
+from .sampling.ddim import Denoiser, StepCallback, ddim_schedule, randn, sample_ddim
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    height: int
+    width: int
+    frames: int = 16
+    fps: int = 28
+    steps: int = 50
+    cfg: float = 12.0
+    eta: float = 1.0
+    seed: int = 123
+
+    def validate(self, multiple: int) -> None:
+        if self.height % multiple or self.width % multiple:
+            raise ValueError(f"height and width must be multiples of {multiple}, got {self.height}x{self.width}")
+        if self.frames < 1 or self.steps < 1:
+            raise ValueError(f"frames and steps must be at least 1, got {self.frames} and {self.steps}")
+
+
+def guided_denoiser(
+    unet: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None, cfg: float, fps: torch.Tensor
+) -> Denoiser:
+    """eps = eps_u + cfg * (eps_c - eps_u), both branches in one batch; only the conditional
+    branch when cfg == 1 (as official). cond/uncond: (b, L, c); fps: (b,)."""
+    if uncond is None or cfg == 1.0:
+        return lambda x, t: unet(x, t, cond, fps=fps)
+    context = torch.cat([cond, uncond])
+    fps2 = torch.cat([fps, fps])
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps_cond, eps_uncond = unet(torch.cat([x, x]), torch.cat([t, t]), context, fps=fps2).chunk(2)
+        return eps_uncond + cfg * (eps_cond - eps_uncond)
+
+    return denoise
+
+
+@torch.no_grad()
+def generate_latents(
+    model: VideoModel,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    settings: SamplingSettings,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Sample latents (b, 4, t, h, w) for a text (and image) context (b, L, c); seeded on the CPU."""
+    f = model.vae.downscale_factor
+    settings.validate(f * 2 ** (len(model.preset.unet.channel_mult) - 1))  # the VAE, then each UNet level, halve
+    b = cond.shape[0]
+    shape = (b, model.preset.vae.embed_dim, settings.frames, settings.height // f, settings.width // f)
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    x_T = randn(shape, generator, device=model.device).to(model.dtype)
+    fps = torch.full((b,), settings.fps, dtype=torch.long, device=model.device)
+    denoise = guided_denoiser(model.unet, cond, uncond, settings.cfg, fps)
+    steps = ddim_schedule(model.schedule, settings.steps, settings.eta)
+    return sample_ddim(denoise, x_T, steps, generator, callback)
+
+
+@torch.no_grad()
+def decode_to_frames(model: VideoModel, latents: torch.Tensor) -> torch.Tensor:
+    """Latents (1, 4, t, h, w) -> frames (t, H, W, 3) in [0, 1] (clamped as the official saver)."""
+    video = model.vae.decode_video(latents)[0]  # (3, t, H, W) in about [-1, 1]
+    return ((video.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu()
+
+
+def prepare_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """I2V input (H, W, 3) in [0, 1] -> (1, 3, height, width) in [-1, 1], bilinear like the official cv2 resize."""
+    pixels = image.permute(2, 0, 1)[None].float()
+    pixels = F.interpolate(pixels, size=(height, width), mode="bilinear", align_corners=False)
+    return pixels * 2 - 1
+
+
+def text_to_video(
+    model: VideoModel,
+    prompt: str,
+    settings: SamplingSettings,
+    negative_prompt: str = "",
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """A prompt -> frames (t, h, w, 3) in [0, 1]."""
+    if model.preset.is_i2v:
+        raise ValueError(f"{model.preset.name} is an image-to-video model: use image_to_video")
+    cond = model.encode_text([prompt])
+    uncond = model.encode_text([negative_prompt])
+    return decode_to_frames(model, generate_latents(model, cond, uncond, settings, callback))
+
+
+def image_to_video(
+    model: VideoModel,
+    image: torch.Tensor,
+    prompt: str,
+    settings: SamplingSettings,
+    negative_prompt: str = "",
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """An image (H, W, 3) in [0, 1] and a prompt -> frames (t, h, w, 3) in [0, 1]."""
+    if not model.preset.is_i2v:
+        raise ValueError(f"{model.preset.name} is a text-to-video model: use text_to_video")
+    pixels = prepare_image(image, settings.height, settings.width)
+    cond = torch.cat([model.encode_text([prompt]), model.encode_image(pixels)], dim=1)
+    uncond = torch.cat([model.encode_text([negative_prompt]), model.encode_image(None)], dim=1)
+    return decode_to_frames(model, generate_latents(model, cond, uncond, settings, callback))
