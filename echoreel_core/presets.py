@@ -132,7 +132,7 @@ def tiny_preset(name: str) -> ModelPreset:
     small = dict(channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2, 1), context_dim=64)
     if base.family == "lvdm":
         unet = dataclasses.replace(base.unet, model_channels=32, **small)
-        text = CLIPTextConfig(width=64, heads=1, layers=2)
+        text = CLIPTextConfig(width=64, heads=1, layers=2, intermediate=256)
     else:
         unet = dataclasses.replace(base.unet, model_channels=64, init_attn_heads=1, **small)
         text = OpenCLIPTextConfig(width=64, heads=1, layers=3)

@@ -207,6 +207,8 @@ def test_tokenizer_known_ids(tok):
     assert (tok.sot_token, tok.eot_token, tok.vocab_size) == (SOT, EOT, 49408)
     # cleaning: case, repeated spaces and HTML entities do not change the ids
     assert tok.encode("  A   PHOTO of &amp;amp; a cat ") == tok.encode("a photo of & a cat")
+    # with a '<' in the text ftfy leaves entities alone: only the double html.unescape removes them
+    assert tok.encode("<b> &amp;amp; x") == tok.encode("<b> & x")
     assert tok.decode(tok.encode("a photo of a cat")).strip() == "a photo of a cat"
 
 

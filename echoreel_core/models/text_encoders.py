@@ -130,6 +130,7 @@ class OpenCLIPTextConfig:
     embed_dim: int = 1024  # text_projection's output width (projection unused here)
     skip_last_layers: int = 1  # VideoCrafter's layer="penultimate": the last block is not run
     pad_token: int = 0  # open_clip.tokenize pads with 0
+    kind: str = "openclip"  # tells the two text configs apart once serialised to JSON
 
 
 class OpenCLIPTextEncoder(nn.Module):
@@ -179,6 +180,7 @@ class CLIPTextConfig:
     context_length: int = 77
     intermediate: int = 3072
     pad_token: int = 49407  # HF CLIPTokenizer pads with <|endoftext|>
+    kind: str = "clip"  # tells the two text configs apart once serialised to JSON
 
 
 class CLIPEmbeddings(nn.Module):
