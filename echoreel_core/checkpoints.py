@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .detect import UnknownModelError, detect_preset
+from .detect import UnknownModelError, detect_family, detect_preset
 from .models.video_model import VideoModel, component_prefixes
 from .presets import ModelPreset
 
@@ -73,14 +73,18 @@ def _read_pickle(path: Path) -> dict:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        unsafe = re.search(r"(?:Unsupported global|GLOBAL)[:\s]+([\w.]+)", str(error))
-        if unsafe or "Weights only load failed" in str(error):
-            what = f"`{unsafe.group(1)}`" if unsafe else "a non-tensor object"
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if unsafe:
             raise CheckpointError(
-                f"{path}: refused: the pickle references {what}, which is not a plain tensor container. "
-                "Loading it could run code, so it was not loaded. Use the official file or a .safetensors copy."
+                f"{path}: refused: the pickle references `{unsafe.group(1)}`, which is not a plain tensor "
+                "container. Loading it could run code, so it was not loaded. Use the official file or a "
+                ".safetensors copy."
             ) from error
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({error})") from error
+        reason = re.search(r"WeightsUnpickler error: ([^\n]+)", str(error))
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({reason.group(1) if reason else 'unpickling failed'}); "
+            "it may be truncated or corrupt"
+        ) from error
     except (RuntimeError, EOFError, ValueError, OSError) as error:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error}); it may be truncated or corrupt") from error
 
@@ -141,10 +145,16 @@ def load_video_model(
         if metadata.get("format") == FORMAT:
             preset = ModelPreset.from_json(metadata["preset"])
         else:
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
             try:
-                preset = detect_preset({k: tuple(v.shape) for k, v in state.items()})
-            except (UnknownModelError, KeyError) as error:
+                preset = detect_preset(shapes)
+            except UnknownModelError as error:
                 raise CheckpointError(f"{path}: not a supported video model: {error}") from error
+            except KeyError as error:
+                raise CheckpointError(
+                    f"{path}: looks like {detect_family(shapes)} but lacks {error}, which every such "
+                    "checkpoint has: the file is incomplete"
+                ) from error
     with torch.device("meta"):
         model = VideoModel(preset)
     expected = {

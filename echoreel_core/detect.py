@@ -148,6 +148,7 @@ def text_config(shapes: dict) -> OpenCLIPTextConfig | CLIPTextConfig:
             layers=_count(openclip, r"transformer\.resblocks\.(\d+)\."),
             vocab_size=vocab,
             context_length=openclip["positional_embedding"][0],
+            mlp_ratio=openclip["transformer.resblocks.0.mlp.c_fc.weight"][0] / width,
         )
     clip = _sub(shapes, CLIP_TEXT)
     if clip:
@@ -158,6 +159,7 @@ def text_config(shapes: dict) -> OpenCLIPTextConfig | CLIPTextConfig:
             layers=_count(clip, r"encoder\.layers\.(\d+)\."),
             vocab_size=vocab,
             context_length=clip["embeddings.position_embedding.weight"][0],
+            intermediate=clip["encoder.layers.0.mlp.fc1.weight"][0],
         )
     raise UnknownModelError(f"no text encoder keys (`{OPENCLIP_TEXT}*` or `{CLIP_TEXT}*`)")
 
@@ -172,7 +174,7 @@ def vision_config(shapes: dict) -> OpenCLIPVisionConfig:
         heads=width // VISION_HEAD_WIDTH,
         patch_size=patch,
         image_size=grid * patch,
-        mlp_ratio=vision["transformer.resblocks.0.mlp.c_fc.weight"][0] // width,
+        mlp_ratio=vision["transformer.resblocks.0.mlp.c_fc.weight"][0] / width,
         output_dim=vision["proj"][1],
     )
 

@@ -115,15 +115,16 @@ class OpenCLIPVisionEncoder(nn.Module):
         self.transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, causal=False)
         self.ln_post = nn.LayerNorm(c.width, eps=1e-5)
         self.proj = nn.Parameter(torch.randn(c.width, c.output_dim) * scale)
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """(b, 3, H, W) in [-1, 1] -> (b, 3, S, S) CLIP-normalised, as VideoCrafter prepares it."""
         size = self.config.image_size
         x = antialiased_resize(image, (size, size))
         x = (x + 1.0) / 2.0
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        # constants, not buffers: a model built on the meta device has no data to move
+        mean = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image (b, 3, S, S), already preprocessed -> (b, n_tokens, width), CLS first."""
