@@ -45,6 +45,7 @@ def test_ddim_grid_is_the_official_plus_one_grid():
     assert ddim_timesteps(50).tolist() == list(range(1, 1000, 20))
     assert len(ddim_timesteps(30)) == 31 and ddim_timesteps(30)[-1] == 991  # 1000 // 30 = 33
     assert len(ddim_timesteps(25)) == 25 and ddim_timesteps(25)[-1] == 961
+    assert ddim_timesteps(3).tolist() == [1, 334, 667, 999]  # official: 1000, out of range
     with pytest.raises(ValueError):
         ddim_timesteps(0)
 

@@ -25,10 +25,16 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> torch.Tensor:
-    """Ascending official grid: range(0, T, T // S) + 1 (no check that its length is S, as official)."""
+    """Ascending official grid: range(0, T, T // S) + 1 (no check that its length is S, as official).
+
+    Fixed official bug: when T - 1 is a multiple of T // S (S = 3, 9, 27, 37, 111, 333, 1000 for
+    T = 1000) the grid reaches t = T, past the end of the schedule, and the official sampler
+    crashes; that step is clamped to T - 1.
+    """
     if not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(f"steps must be in 1..{num_train_timesteps}, got {num_steps}")
-    return torch.arange(0, num_train_timesteps, num_train_timesteps // num_steps) + 1
+    grid = torch.arange(0, num_train_timesteps, num_train_timesteps // num_steps) + 1
+    return grid.clamp(max=num_train_timesteps - 1)
 
 
 @dataclass(frozen=True)
