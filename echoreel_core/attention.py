@@ -63,9 +63,9 @@ def use_attention_backend(fn: AttentionFn | None) -> Iterator[None]:
         _backend = previous
 
 
-def relative_position_index(len_q: int, len_k: int, max_distance: int, device=None) -> torch.Tensor:
+def relative_position_index(query_positions: torch.Tensor, key_positions: torch.Tensor, max_distance: int) -> torch.Tensor:
     """Index into a (2*max_distance+1, d) table: clamp(j - i, -max, max) + max, shape (len_q, len_k)."""
-    distance = torch.arange(len_k, device=device)[None, :] - torch.arange(len_q, device=device)[:, None]
+    distance = key_positions[None, :] - query_positions[:, None]
     return distance.clamp(-max_distance, max_distance) + max_distance
 
 
@@ -76,25 +76,34 @@ def relative_attention(
     heads: int,
     table_k: torch.Tensor,
     table_v: torch.Tensor,
+    key_positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention with Shaw-style relative positions, as VideoCrafter1, LVDM and EchoReel use it.
 
-    logits[i, j] = (q_i . k_j + q_i . Ek[j - i]) * d**-0.5
-    out_i        = sum_j softmax_ij * (v_j + Ev[j - i])
+    logits[i, j] = (q_i . k_j + q_i . Ek[p_j - i]) * d**-0.5
+    out_i        = sum_j softmax_ij * (v_j + Ev[p_j - i])
 
-    The tables (2*max+1, d) are shared by all heads; distances beyond max are clamped.
-    q: (b, n_q, h*d); k, v: (b, n_k, h*d) -> (b, n_q, h*d).
+    The tables (2*max+1, d) are shared by all heads; distances beyond max are clamped. Key
+    positions p_j default to 0..n_k-1.
+
+    q: (B, n_q, h*d); k, v: (B', n_k, h*d) with B a multiple of B': query row r uses the keys of
+    sample r // (B / B'). Shared keys are broadcast by the matmul instead of being copied, which
+    is how EchoReel's reference tokens reach every spatial position of their own sample.
+    Returns (B, n_q, h*d).
     """
-    b, n_q, inner = q.shape
-    n_k = k.shape[1]
+    batch, n_q, inner = q.shape
+    samples, n_k, _ = k.shape
+    rows = batch // samples
     d = inner // heads
-    scale = d**-0.5
     max_distance = (table_k.shape[0] - 1) // 2
-    index = relative_position_index(n_q, n_k, max_distance, device=q.device)
+    if key_positions is None:
+        key_positions = torch.arange(n_k, device=q.device)
+    index = relative_position_index(torch.arange(n_q, device=q.device), key_positions.to(q.device), max_distance)
     rel_k = table_k[index].to(q.dtype)  # (n_q, n_k, d)
     rel_v = table_v[index].to(q.dtype)
-    q, k, v = (x.view(b, -1, heads, d).transpose(1, 2) for x in (q, k, v))  # (b, h, n, d)
-    logits = (q @ k.transpose(-1, -2) + torch.einsum("bhid,ijd->bhij", q, rel_k)) * scale
+    q = q.view(samples, rows, n_q, heads, d).permute(0, 3, 1, 2, 4)  # (s, h, rows, n_q, d)
+    k, v = (x.view(samples, n_k, heads, d).transpose(1, 2)[:, :, None] for x in (k, v))  # (s, h, 1, n_k, d)
+    logits = (q @ k.transpose(-1, -2) + torch.einsum("shrid,ijd->shrij", q, rel_k)) * d**-0.5
     weights = logits.softmax(dim=-1)
-    out = weights @ v + torch.einsum("bhij,ijd->bhid", weights, rel_v)
-    return out.transpose(1, 2).reshape(b, n_q, inner)
+    out = weights @ v + torch.einsum("shrij,ijd->shrid", weights, rel_v)  # (s, h, rows, n_q, d)
+    return out.permute(0, 2, 3, 1, 4).reshape(batch, n_q, inner)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .echoreel.features import ActionFeatures
+from .echoreel.weights import EchoReel
 from .models.video_model import VideoModel
 from .sampling.ddim import Denoiser, StepCallback, ddim_schedule, randn, sample_ddim
 
@@ -32,6 +34,18 @@ class SamplingSettings:
             raise ValueError(f"height and width must be multiples of {multiple}, got {self.height}x{self.width}")
         if self.frames < 1 or self.steps < 1:
             raise ValueError(f"frames and steps must be at least 1, got {self.frames} and {self.steps}")
+
+
+@dataclass(frozen=True)
+class EchoReelGuidance:
+    """EchoReel for one sampling run: the weights, the action features of both branches, the
+    strength of the injected residual, and the fraction [start, end) of the steps it is active."""
+
+    weights: EchoReel
+    features: ActionFeatures
+    strength: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
 
 
 def guided_denoiser(
@@ -58,6 +72,7 @@ def generate_latents(
     uncond: torch.Tensor | None,
     settings: SamplingSettings,
     callback: StepCallback | None = None,
+    echoreel: EchoReelGuidance | None = None,
 ) -> torch.Tensor:
     """Sample latents (b, 4, t, h, w) for a text (and image) context (b, L, c); seeded on the CPU."""
     f = model.vae.downscale_factor
@@ -69,7 +84,21 @@ def generate_latents(
     fps = torch.full((b,), settings.fps, dtype=torch.long, device=model.device)
     denoise = guided_denoiser(model.unet, cond, uncond, settings.cfg, fps)
     steps = ddim_schedule(model.schedule, settings.steps, settings.eta)
-    return sample_ddim(denoise, x_T, steps, generator, callback)
+    if echoreel is None:
+        return sample_ddim(denoise, x_T, steps, generator, callback)
+    features = echoreel.features
+    batched = uncond is not None and settings.cfg != 1.0  # the branches guided_denoiser runs
+    tokens = torch.cat([features.cond, features.uncond]) if batched else features.cond
+    active_timesteps = {s.timestep for i, s in enumerate(steps) if echoreel.start <= i / len(steps) < echoreel.end}
+    # attached only inside this run, detached whatever happens
+    with echoreel.weights.attach(model.preset, model.unet, echoreel.strength) as attachment:
+        attachment.bind(tokens.to(model.device, model.dtype), features.frames_per_reference)
+
+        def windowed(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            attachment.active = int(t[0]) in active_timesteps
+            return denoise(x, t)
+
+        return sample_ddim(windowed, x_T, steps, generator, callback)
 
 
 @torch.no_grad()
@@ -92,13 +121,14 @@ def text_to_video(
     settings: SamplingSettings,
     negative_prompt: str = "",
     callback: StepCallback | None = None,
+    echoreel: EchoReelGuidance | None = None,
 ) -> torch.Tensor:
     """A prompt -> frames (t, h, w, 3) in [0, 1]."""
     if model.preset.is_i2v:
         raise ValueError(f"{model.preset.name} is an image-to-video model: use image_to_video")
     cond = model.encode_text([prompt])
     uncond = model.encode_text([negative_prompt])
-    return decode_to_frames(model, generate_latents(model, cond, uncond, settings, callback))
+    return decode_to_frames(model, generate_latents(model, cond, uncond, settings, callback, echoreel))
 
 
 def image_to_video(
@@ -108,6 +138,7 @@ def image_to_video(
     settings: SamplingSettings,
     negative_prompt: str = "",
     callback: StepCallback | None = None,
+    echoreel: EchoReelGuidance | None = None,
 ) -> torch.Tensor:
     """An image (H, W, 3) in [0, 1] and a prompt -> frames (t, h, w, 3) in [0, 1]."""
     if not model.preset.is_i2v:
@@ -115,4 +146,4 @@ def image_to_video(
     pixels = prepare_image(image, settings.height, settings.width)
     cond = torch.cat([model.encode_text([prompt]), model.encode_image(pixels)], dim=1)
     uncond = torch.cat([model.encode_text([negative_prompt]), model.encode_image(None)], dim=1)
-    return decode_to_frames(model, generate_latents(model, cond, uncond, settings, callback))
+    return decode_to_frames(model, generate_latents(model, cond, uncond, settings, callback, echoreel))

@@ -1,0 +1,1 @@
+"""EchoReel: the Action Prism, the Action Integration layers, their weights and action features."""

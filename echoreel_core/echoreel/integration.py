@@ -1,0 +1,162 @@
+"""Action Integration: the new layers inside the frozen UNet, and attaching them.
+
+At every site, after the block's second temporal attention and before its FF, on tokens laid
+out ((b h w), t, c):
+
+    x = x + strength * video_inject_attn3_tmp(video_inject_norm7(x), context=reference tokens)
+
+a temporal cross-attention with relative positions from each generated frame to the reference
+frames, whose output projection starts at zero, so an untrained model is exactly the base.
+
+Sites:
+- LVDM (official): the 16 fused SpatialTemporalTransformer blocks,
+  `{input_blocks.i|middle_block|output_blocks.i}.1.transformer_blocks.0.video_inject_*`.
+- VideoCrafter (our choice; the official VideoCrafter code is unreleased): the 16 temporal
+  transformers' blocks (not `init_attn`), after their second temporal attention, the same place
+  in the same layout as LVDM's: `{...}.2.transformer_blocks.0.video_inject_*`. Heads follow the
+  host block (VideoCrafter: 64-wide heads; LVDM: 8 heads).
+
+`video_inject_attn3` and `video_inject_norm6` (the official spatial branch, whose input is
+hard-wired to None) exist only so that the official weights load; they are never run.
+
+Attaching sets a plain callable (not a module) on each block's `action_integration` slot and
+detaching puts None back, so the base UNet's parameters and state dict never change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..attention import relative_attention
+from ..models.layers import Attention
+from ..models.unet_lvdm import BasicTransformerBlockST, LVDMUNet
+from ..models.unet_videocrafter import TemporalTransformer
+
+
+@dataclass(frozen=True)
+class Site:
+    path: str  # the block's path inside the UNet, e.g. "input_blocks.1.1.transformer_blocks.0"
+    channels: int
+    heads: int
+
+
+def integration_sites(unet: nn.Module) -> tuple[Site, ...]:
+    """The blocks that take Action Integration, in state-dict order."""
+    sites = []
+    if isinstance(unet, LVDMUNet):
+        for name, module in unet.named_modules():
+            if isinstance(module, BasicTransformerBlockST):
+                sites.append(Site(name, module.norm1.normalized_shape[0], module.attn1.heads))
+    else:
+        for name, module in unet.named_modules():
+            if isinstance(module, TemporalTransformer) and not name.startswith("init_attn"):
+                block = module.transformer_blocks[0]
+                sites.append(Site(f"{name}.transformer_blocks.0", block.norm1.normalized_shape[0], block.attn1.heads))
+    return tuple(sites)
+
+
+class ActionIntegration(nn.Module):
+    """The EchoReel layers of one site, with the official attribute names."""
+
+    def __init__(self, site: Site, tout_dim: int, frames: int, latent_channels: int):
+        super().__init__()
+        c, heads = site.channels, site.heads
+        self.video_inject_attn3 = Attention(c, frames * latent_channels, heads, c // heads)  # dead (Sout)
+        self.video_inject_attn3_tmp = Attention(c, tout_dim, heads, c // heads, relative_distance=frames)
+        self.video_inject_norm6 = nn.LayerNorm(c)  # dead
+        self.video_inject_norm7 = nn.LayerNorm(c)
+        for out in (self.video_inject_attn3.to_out[0], self.video_inject_attn3_tmp.to_out[0]):
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+
+    def project_reference(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference tokens (b, n_ref, tout_dim) -> their keys and values (b, n_ref, c): once per run."""
+        attn = self.video_inject_attn3_tmp
+        return attn.to_k(tokens), attn.to_v(tokens)
+
+    def forward(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_positions: torch.Tensor
+    ) -> torch.Tensor:
+        """The residual to add: x ((b h w), t, c); keys/values (b, n_ref, c) of each sample's reference."""
+        attn = self.video_inject_attn3_tmp
+        q = attn.to_q(self.video_inject_norm7(x))
+        out = relative_attention(
+            q, keys, values, attn.heads,
+            attn.relative_position_k.embeddings_table, attn.relative_position_v.embeddings_table,
+            key_positions,
+        )
+        return attn.to_out(out)
+
+
+class SiteHook:
+    """What one block calls between its second temporal attention and its FF while attached."""
+
+    def __init__(self, layer: ActionIntegration, attachment: "Attachment"):
+        self.layer = layer
+        self.attachment = attachment
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def bind(self, tokens: torch.Tensor) -> None:
+        self.keys, self.values = self.layer.project_reference(tokens)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.attachment
+        if not state.active or state.strength == 0.0:
+            return x
+        if self.keys is None:
+            raise RuntimeError("EchoReel is attached but no action features are bound: call bind() first")
+        if x.shape[0] % self.keys.shape[0]:
+            raise ValueError(
+                f"the UNet batch holds {x.shape[0]} token rows, not a multiple of the "
+                f"{self.keys.shape[0]} bound reference feature sets"
+            )
+        residual = self.layer(x, self.keys.to(x.dtype), self.values.to(x.dtype), state.key_positions)
+        return x + state.strength * residual
+
+
+class Attachment:
+    """EchoReel attached to a UNet: its hooks, the bound features, strength and on/off state.
+
+    Use as a context manager (or call detach()): detaching restores every block exactly.
+    """
+
+    def __init__(self, unet: nn.Module, layers: nn.ModuleList, sites: tuple[Site, ...], strength: float = 1.0):
+        self.unet = unet
+        self.strength = strength
+        self.active = True
+        self.key_positions: torch.Tensor | None = None
+        self.hooks = []
+        modules = dict(unet.named_modules())
+        self.blocks = [modules[site.path] for site in sites]
+        for block in self.blocks:
+            if block.action_integration is not None:
+                raise RuntimeError("this UNet already has EchoReel attached: detach it first")
+        for block, layer in zip(self.blocks, layers):
+            hook = SiteHook(layer, self)
+            block.action_integration = hook
+            self.hooks.append(hook)
+
+    def bind(self, tokens: torch.Tensor, frames_per_reference: int) -> None:
+        """Project the reference tokens (b, n_ref, tout_dim) to keys/values at every site, once.
+
+        With several references concatenated along n_ref, each reference's frame j keeps
+        position j (positions repeat every `frames_per_reference`), so each reference stays
+        aligned in time with the generated frames."""
+        self.key_positions = torch.arange(tokens.shape[1], device=tokens.device) % frames_per_reference
+        for hook in self.hooks:
+            hook.bind(tokens)
+
+    def detach(self) -> None:
+        for block in self.blocks:
+            block.action_integration = None
+        self.hooks = []
+
+    def __enter__(self) -> "Attachment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
