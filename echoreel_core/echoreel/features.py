@@ -42,11 +42,11 @@ def encode_reference(
     return model.vae.encode_video(video.to(model.device), generator=generator, sample=sample)
 
 
-@torch.no_grad()
 def prism_tokens(echoreel: EchoReel, prompt: torch.Tensor, references: list[Reference]) -> torch.Tensor:
     """Prism(cat(prompt, caption_n), latents_n) for each reference, concatenated on the frame axis.
 
     prompt: (b, L, D); each reference is broadcast over the batch. Returns (b, n_refs * t, tout_dim).
+    Differentiable (training uses it); sampling goes through `action_features`, which is not.
     """
     if not references:
         raise ValueError("EchoReel needs at least one reference video")
@@ -60,6 +60,7 @@ def prism_tokens(echoreel: EchoReel, prompt: torch.Tensor, references: list[Refe
     return torch.cat(outputs, dim=1)
 
 
+@torch.no_grad()
 def action_features(
     echoreel: EchoReel, prompt: torch.Tensor, negative: torch.Tensor, references: list[Reference]
 ) -> ActionFeatures:
