@@ -74,14 +74,21 @@ def generate_latents(
     callback: StepCallback | None = None,
     echoreel: EchoReelGuidance | None = None,
 ) -> torch.Tensor:
-    """Sample latents (b, 4, t, h, w) for a text (and image) context (b, L, c); seeded on the CPU."""
-    f = model.vae.downscale_factor
+    """Sample latents (b, 4, t, h, w) for a text (and image) context (b, L, c); seeded on the CPU.
+
+    Only `model.unet`, `model.preset` and `model.schedule` are used (the ComfyUI sampler passes
+    just those); the latents land on the UNet's device and dtype."""
+    weight = next(model.unet.parameters())
+    device, dtype = weight.device, weight.dtype
+    f = 2 ** (len(model.preset.vae.ch_mult) - 1)
     settings.validate(f * 2 ** (len(model.preset.unet.channel_mult) - 1))  # the VAE, then each UNet level, halve
     b = cond.shape[0]
     shape = (b, model.preset.vae.embed_dim, settings.frames, settings.height // f, settings.width // f)
     generator = torch.Generator("cpu").manual_seed(settings.seed)
-    x_T = randn(shape, generator, device=model.device).to(model.dtype)
-    fps = torch.full((b,), settings.fps, dtype=torch.long, device=model.device)
+    x_T = randn(shape, generator, device=device).to(dtype)
+    fps = torch.full((b,), settings.fps, dtype=torch.long, device=device)
+    cond = cond.to(device, dtype)
+    uncond = uncond.to(device, dtype) if uncond is not None else None
     denoise = guided_denoiser(model.unet, cond, uncond, settings.cfg, fps)
     steps = ddim_schedule(model.schedule, settings.steps, settings.eta)
     if echoreel is None:
@@ -92,7 +99,7 @@ def generate_latents(
     active_timesteps = {s.timestep for i, s in enumerate(steps) if echoreel.start <= i / len(steps) < echoreel.end}
     # attached only inside this run, detached whatever happens
     with echoreel.weights.attach(model.preset, model.unet, echoreel.strength) as attachment:
-        attachment.bind(tokens.to(model.device, model.dtype), features.frames_per_reference)
+        attachment.bind(tokens.to(device, dtype), features.frames_per_reference)
 
         def windowed(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             attachment.active = int(t[0]) in active_timesteps

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.video_model import VideoModel
+from ..models.autoencoder import AutoencoderKL
 from .weights import EchoReel
 
 
@@ -35,11 +35,11 @@ class ActionFeatures:
 
 @torch.no_grad()
 def encode_reference(
-    model: VideoModel, video: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+    vae: AutoencoderKL, video: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
 ) -> torch.Tensor:
     """Reference video (1, 3, t, H, W) in [-1, 1] -> clean latents (1, c, t, h, w): a seeded VAE
     posterior sample times the scale factor, as official (sample=False takes the posterior mean)."""
-    return model.vae.encode_video(video.to(model.device), generator=generator, sample=sample)
+    return vae.encode_video(video, generator=generator, sample=sample)
 
 
 def prism_tokens(echoreel: EchoReel, prompt: torch.Tensor, references: list[Reference]) -> torch.Tensor:

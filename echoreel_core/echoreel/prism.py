@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 from ..models.layers import Attention, FeedForward
 
@@ -83,6 +84,8 @@ def _output_head(cfg: ActionPrismConfig) -> nn.Sequential:
 
 
 class ActionPrism(nn.Module):
+    gradient_checkpointing = False  # training may set it: each layer is recomputed in backward
+
     def __init__(self, config: ActionPrismConfig):
         super().__init__()
         self.config = cfg = config
@@ -109,6 +112,9 @@ class ActionPrism(nn.Module):
         text = self.input_to_latent(text.to(dtype)).repeat_interleave(t, dim=0)  # ((b t), L, d_text)
         x = self.video_to_latent(rearrange(latents.to(dtype), "b c t h w -> b t (h w) c"))  # (b, t, l, d)
         for layer in self.net:
-            x = layer(x, text)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, x, text, use_reentrant=False)
+            else:
+                x = layer(x, text)
         tout = self.latent_to_T(x)  # (b, t, l, c)
         return rearrange(tout, "b t l c -> b t (l c)")

@@ -28,10 +28,11 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 1000
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back: the ResBlock and output norms do this officially."""
+    """GroupNorm computed in float32 and cast back, as VideoCrafter's ResBlock and output norms do;
+    the affine parameters are cast too, so half-precision weights work on every device."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).type(x.dtype)
 
 
 class GEGLU(nn.Module):

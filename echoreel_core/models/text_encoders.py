@@ -24,10 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from echoreel_core.attention import attention
+from ..attention import attention
 
 if TYPE_CHECKING:
-    from echoreel_core.models.tokenizer import CLIPTokenizer
+    from .tokenizer import CLIPTokenizer
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:

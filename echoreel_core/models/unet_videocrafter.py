@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 from .layers import Attention, Downsample, FeedForward, GroupNorm32, ResBlock, Upsample, timestep_embedding
 
@@ -124,9 +125,19 @@ class TemporalTransformer(nn.Module):
 
 
 class Block(nn.ModuleList):
-    """One `input_blocks.i` / `output_blocks.i` / `middle_block` entry: its layers in order."""
+    """One `input_blocks.i` / `output_blocks.i` / `middle_block` entry: its layers in order.
+
+    Training may set `gradient_checkpointing`: the block's activations are then recomputed in
+    the backward pass instead of stored (same numbers, less memory)."""
+
+    gradient_checkpointing = False
 
     def forward(self, x, emb, context, batch_size):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, emb, context, batch_size, use_reentrant=False)
+        return self._forward(x, emb, context, batch_size)
+
+    def _forward(self, x, emb, context, batch_size):
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb, batch_size)

@@ -1,0 +1,843 @@
+"""`python -m echoreel_core.train`: train the Action Prism and the Action Integration layers.
+
+    python -m echoreel_core.train --config lvdm model.checkpoint=lvdm.ckpt \\
+        data.json=dataset/U91.json train.output_dir=runs/lvdm
+    torchrun --nproc_per_node 4 -m echoreel_core.train --config lvdm ...     # one node, 4 GPUs
+    python -m echoreel_core.train --config runs/lvdm/config.yaml --resume latest
+
+What it does, as the official training (docs: echoreel-official.md section 4) unless noted:
+- The base model (UNet, VAE, text encoder) is frozen; only the EchoReel Prism and integration
+  layers train. Their dead official parts (the Sout head, `video_inject_attn3`,
+  `video_inject_norm6`) are kept so the weights load everywhere but are not trained: nothing
+  computes them, so they would receive no gradient anyway.
+- Loss: eps-prediction MSE at t ~ U{0..T-1}, x_t = schedule.q_sample(z0, t, eps) (with
+  VideoCrafter2/I2V/1024's scale_arr), z0 = 0.18215 * a VAE posterior sample drawn at every step;
+  the reference latents are such a sample too and are never noised; no CFG dropout.
+- AdamW (lr 1e-4, betas (0.9, 0.9), weight decay 0.03), optional linear warmup, optional
+  gradient clipping, fp32/bf16/fp16 (autocast; fp16 with a GradScaler), gradient checkpointing
+  of the UNet blocks and Prism layers, gradient accumulation.
+- Each sample attends only to its own reference (the official `repeat` mixes them in a batch).
+
+Randomness: a sample's noise, timestep and posterior samples come from a generator seeded by
+(seed, the sample's position in the global sample stream), and the stream is one seeded
+permutation per epoch that the ranks shard. So a run's numbers do not depend on the number of
+processes (2 GPUs with batch 2 = 1 GPU with batch 4, up to float rounding), and resuming
+continues exactly. The global RNGs (Python, NumPy, torch) are seeded with seed + rank and
+saved per rank in every checkpoint, for anything else that might draw from them.
+
+Scale-out: under torchrun (one node or many: the usual --nnodes/--node_rank/--rdzv_endpoint),
+DistributedDataParallel over the EchoReel parameters, nccl on CUDA and gloo on CPU; rank 0
+logs, validates and saves. The output folder must be shared by all nodes to resume. The
+trainable part is small (0.65 B parameters for LVDM) and the frozen base is the same on every
+rank, so plain DDP fits one 24 GB+ GPU per rank with bf16 and checkpointing. FSDP or DeepSpeed
+ZeRO are not wired in; to add FSDP, wrap `TrainModule.echoreel` (not the frozen base) with
+`torch.distributed.fsdp.fully_shard` instead of DDP and gather a full state dict on rank 0 in
+`Trainer._state()`; DeepSpeed would take `TrainModule` with the same parameters and replace the
+optimizer, scaler and checkpoint code.
+
+Outputs (train.output_dir): `config.yaml` (resolved), `checkpoints/step_N.pt` plus the
+`checkpoints/latest` pointer (written atomically; see train_state.py), `echoreel.safetensors`
+(the weights the ComfyUI node loads, refreshed at each save and at the end), `train_log.csv`
+(step, loss, lr, grad norm, samples/s), `tensorboard/` when TensorBoard is installed, and
+`validation/step_N_k.mp4`: reference | without EchoReel | with EchoReel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from tqdm import tqdm
+
+from .checkpoints import DTYPES, CheckpointError, load_video_model
+from .data import (CacheKeys, Clip, DatasetError, Entry, PairDataset, Sample, Skip, StreamSampler, TensorCache,
+                   VideoSpec, collate, fingerprint, load_entries)
+from .echoreel.features import Reference, action_features, encode_reference
+from .echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
+from .models import unet_lvdm, unet_videocrafter
+from .models.video_model import VideoModel
+from .pipeline import EchoReelGuidance, SamplingSettings, image_to_video, text_to_video
+from .train_state import (TrainStateError, load_checkpoint, remove_stale_temporaries, resolve_checkpoint,
+                          rng_state, save_checkpoint, set_rng_state)
+from .video_io import VideoReadError, frames_to_model_input, read_video_frames, stack_side_by_side, write_video
+from . import train_state
+
+log = logging.getLogger("echoreel_core.train")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEAD_PARAMETERS = ("latent_to_S.", ".video_inject_attn3.", ".video_inject_norm6.")  # official, never computed
+
+
+# ---- configuration ---------------------------------------------------------------------------
+
+def _opt(default: Any, help: str, factory=None):
+    """A config field with its --help line."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelSection:
+    checkpoint: Optional[str] = _opt(None, "base model file (.ckpt/.pt/.safetensors), loaded strictly, frozen")
+    expect: Optional[str] = _opt(None, "refuse a base model whose preset name does not start with this")
+    dtype: Optional[str] = _opt(None, "frozen base weights: fp32|bf16|fp16 (null: fp32, or the precision's dtype)")
+    fps: Optional[int] = _opt(None, "fps condition of fps-conditioned models (null: the model's sampling default)")
+
+
+@dataclass
+class DataSection:
+    json: Optional[str] = _opt(None, "dataset JSON: [{input_text, gt_video_path, inject_text, inject_video_path}]")
+    frames: int = _opt(16, "frames per clip (official 16)")
+    stride: int = _opt(4, "frame stride (official 4)")
+    start: int = _opt(0, "first frame (official 0)")
+    height: Optional[int] = _opt(None, "clip height in pixels (null: the model's)")
+    width: Optional[int] = _opt(None, "clip width in pixels (null: the model's)")
+    resize_mode: str = _opt("squash", "squash (official: aspect ratio not kept) | crop")
+    short_videos: str = _opt("official", "official (skip targets < frames, else repeat last frame) | repeat | skip")
+    num_workers: int = _opt(2, "DataLoader worker processes per rank (0: load in the main process)")
+    cache: bool = _opt(False, "cache VAE posteriors, text contexts (and I2V image tokens) on disk")
+    cache_dir: Optional[str] = _opt(None, "cache folder (null: <output_dir>/cache)")
+    cache_dtype: str = _opt("fp32", "dtype of cached tensors: fp32 (exact) | fp16 | bf16 (half the disk)")
+
+
+@dataclass
+class EchoReelSection:
+    init: Optional[str] = _opt(None, "start from these EchoReel weights (ours or the official checkpoint.pt)")
+    prism: Dict[str, Any] = _opt(None, "Prism overrides, e.g. echoreel.prism.layers=8 (ActionPrismConfig fields)", dict)
+    export_dtype: str = _opt("fp32", "dtype of the exported echoreel.safetensors: fp32|fp16|bf16")
+
+
+@dataclass
+class OptimSection:
+    lr: float = _opt(1e-4, "AdamW learning rate (official 1e-4)")
+    betas: List[float] = _opt(None, "AdamW betas (official [0.9, 0.9])", lambda: [0.9, 0.9])
+    weight_decay: float = _opt(0.03, "decoupled weight decay (official 0.03)")
+    eps: float = _opt(1e-8, "AdamW eps")
+    warmup_steps: int = _opt(0, "linear learning-rate warmup steps (official 0)")
+    grad_clip: Optional[float] = _opt(None, "clip the gradient norm to this (null: off, as official)")
+
+
+@dataclass
+class TrainSection:
+    output_dir: Optional[str] = _opt(None, "where checkpoints, logs, exports and validation videos go")
+    batch_size: int = _opt(4, "samples per micro-batch per process")
+    grad_accumulation: int = _opt(1, "micro-batches per optimizer step")
+    max_steps: int = _opt(20000, "optimizer steps to train for (in total, across resumes)")
+    precision: str = _opt("fp32", "fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)")
+    gradient_checkpointing: bool = _opt(False, "recompute UNet blocks and Prism layers in backward (less memory)")
+    seed: int = _opt(42, "seed: data order, noise, initialisation (official 42)")
+    save_every: int = _opt(1500, "save a checkpoint every N steps (official 1500; also at the end)")
+    keep_checkpoints: int = _opt(2, "training checkpoints kept (0: all)")
+    log_every: int = _opt(1, "write a CSV/TensorBoard row every N steps")
+    device: str = _opt("auto", "auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
+    resume: Optional[str] = _opt(None, "latest | auto (latest if any) | a checkpoint path (also --resume)")
+
+
+@dataclass
+class ValidationSection:
+    every: int = _opt(200, "sample validation videos every N steps (official 200; 0: never)")
+    json: Optional[str] = _opt(None, "validation JSON (null: every (n/20)-th training entry, as official)")
+    num_samples: int = _opt(2, "validation entries per round")
+    steps: int = _opt(25, "DDIM steps of validation sampling")
+    cfg: Optional[float] = _opt(None, "guidance scale (null: the model's default)")
+    eta: float = _opt(1.0, "DDIM eta (official 1.0)")
+    seed: int = _opt(123, "sampling seed")
+    strength: float = _opt(1.0, "EchoReel strength")
+    negative_prompt: str = _opt("", "negative prompt")
+    format: str = _opt("mp4", "mp4 | gif")
+    video_fps: int = _opt(8, "fps of the written validation videos")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    echoreel: EchoReelSection = field(default_factory=EchoReelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key."""
+
+
+def preset_configs() -> dict[str, Path]:
+    """Shipped presets by short name: lvdm, videocrafter2, videocrafter1_t2v, videocrafter1_i2v."""
+    return {p.stem.removeprefix("train_"): p for p in sorted(CONFIG_DIR.glob("train_*.yaml"))}
+
+
+def load_config(config: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Defaults <- the preset or YAML file <- key=value overrides, checked against the schema."""
+    layers = [OmegaConf.structured(TrainConfig)]
+    if config is not None:
+        path = preset_configs().get(str(config).removeprefix("train_").replace("-", "_"), Path(config))
+        if not path.is_file():
+            raise ConfigError(f"--config {config}: neither a preset ({', '.join(preset_configs())}) nor a YAML file")
+        layers.append(OmegaConf.load(path))
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+        cfg = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"bad configuration: {error}".splitlines()[0] + _hint(error)) from error
+    validate_config(cfg)
+    return cfg
+
+
+def _hint(error: OmegaConfBaseException) -> str:
+    key = getattr(error, "full_key", None)
+    return f" (key {key}; see --help for the keys)" if key else " (see --help for the keys)"
+
+
+def validate_config(cfg: DictConfig) -> None:
+    checks = [
+        (cfg.train.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
+        (cfg.model.dtype in (None, *DTYPES), f"model.dtype must be null or one of {tuple(DTYPES)}"),
+        (cfg.echoreel.export_dtype in DTYPES, f"echoreel.export_dtype must be one of {tuple(DTYPES)}"),
+        (cfg.data.cache_dtype in DTYPES, f"data.cache_dtype must be one of {tuple(DTYPES)}"),
+        (len(cfg.optim.betas) == 2, "optim.betas must be two numbers"),
+        (cfg.train.batch_size >= 1 and cfg.train.grad_accumulation >= 1 and cfg.train.max_steps >= 1,
+         "train.batch_size, train.grad_accumulation and train.max_steps must be at least 1"),
+        (cfg.train.save_every >= 1, "train.save_every must be at least 1"),
+        (cfg.validation.format in ("mp4", "gif"), "validation.format must be mp4 or gif"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    base_dtype = cfg.model.dtype
+    if base_dtype not in (None, "fp32") and base_dtype != cfg.train.precision:
+        raise ConfigError(f"model.dtype={base_dtype} needs train.precision={base_dtype} (autocast in that dtype)")
+
+
+def key_help() -> str:
+    """One line per config key, for --help."""
+    lines = ["configuration keys (key=value on the command line; defaults before any preset):"]
+    for section in dataclasses.fields(TrainConfig):
+        for f in dataclasses.fields(section.default_factory):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            shown = {None: "null", True: "true", False: "false"}.get(default, default) if not isinstance(default, (list, dict)) else default
+            lines.append(f"  {section.name}.{f.name} [{shown}]: {f.metadata['help']}")
+    lines.append(f"presets for --config: {', '.join(preset_configs())}")
+    return "\n".join(lines)
+
+
+# ---- processes and devices ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, dev)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather(obj) -> list:
+    """Every rank's `obj` (on every rank); [obj] when not distributed."""
+    if not _distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def sample_seed(seed: int, position: int) -> int:
+    """The seed of one sample's randomness: fixed by the run seed and its global stream position."""
+    digest = hashlib.blake2b(f"{seed}/{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def seed_globals(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---- the trained module ----------------------------------------------------------------------
+
+class TrainModule(nn.Module):
+    """The EchoReel parameters plus the loss, one module for DDP.
+
+    The frozen base model is kept outside the module tree (DDP would otherwise broadcast it and
+    track it); the integration layers reach the UNet through an Attachment made once."""
+
+    def __init__(self, echoreel: EchoReel, model: VideoModel):
+        super().__init__()
+        self.echoreel = echoreel
+        self.__dict__["base"] = model  # not a submodule
+        self.attachment = None
+
+    def attach(self) -> None:
+        if self.attachment is None:
+            self.attachment = self.echoreel.attach(self.base.preset, self.base.unet)
+
+    def detach(self) -> None:
+        """Leave the base model exactly as it was (validation sampling attaches on its own)."""
+        if self.attachment is not None:
+            self.attachment.detach()
+            self.attachment = None
+
+    def forward(self, z0, reference, timesteps, noise, prompt, caption, context, fps) -> torch.Tensor:
+        """z0, reference, noise: (b, c, t, h, w); timesteps, fps: (b,); prompt, caption: (b, 77, D);
+        context: the UNet's (b, L, D) (the prompt, plus image tokens for I2V). Returns the eps MSE."""
+        model = self.base
+        self.attach()
+        # one reference per sample: the batched Prism call is prism_tokens(prompt_i, [reference_i]) for each i
+        tokens = self.echoreel.video_inject_process(torch.cat([prompt, caption], dim=1), reference)  # (b, t, tout)
+        self.attachment.bind(tokens, frames_per_reference=reference.shape[2])
+        x_t = model.schedule.q_sample(z0, timesteps, noise)
+        eps = model.unet(x_t, timesteps, context, fps=fps)
+        return F.mse_loss(eps.float(), noise.float())
+
+
+def set_gradient_checkpointing(model: VideoModel, echoreel: EchoReel, enabled: bool) -> None:
+    for module in model.unet.modules():
+        if isinstance(module, (unet_lvdm.Block, unet_videocrafter.Block)):
+            module.gradient_checkpointing = enabled
+    echoreel.video_inject_process.gradient_checkpointing = enabled
+
+
+def trainable_parameters(echoreel: EchoReel) -> list[nn.Parameter]:
+    """Every EchoReel parameter but the official dead ones, which are frozen."""
+    params = []
+    for name, p in echoreel.named_parameters():
+        dead = any(part in f".{name}" for part in DEAD_PARAMETERS)
+        p.requires_grad_(not dead)
+        if not dead:
+            params.append(p)
+    return params
+
+
+def build_echoreel(cfg: DictConfig, model: VideoModel, latent_size: tuple[int, int]) -> EchoReel:
+    """A fresh EchoReel sized to the model and the training clips, or the `echoreel.init` weights."""
+    overrides = dict(cfg.echoreel.prism)
+    overrides.setdefault("latent_height", latent_size[0])
+    overrides.setdefault("latent_width", latent_size[1])
+    if cfg.echoreel.init:
+        echoreel = load_echoreel(cfg.echoreel.init)
+        echoreel.check_fits(model.preset, model.unet)
+        prism = echoreel.config.prism
+        if (prism.latent_height, prism.latent_width) != latent_size:
+            raise ConfigError(
+                f"{cfg.echoreel.init}: these weights take reference latents of {prism.latent_height}x"
+                f"{prism.latent_width}, the training clips give {latent_size[0]}x{latent_size[1]}: set "
+                f"data.height/width to {prism.latent_height * (cfg.data.height // latent_size[0])}x"
+                f"{prism.latent_width * (cfg.data.width // latent_size[1])}"
+            )
+        return echoreel
+    try:
+        config = EchoReelConfig.for_preset(model.preset, **overrides)
+    except TypeError as error:
+        raise ConfigError(f"echoreel.prism: {error}") from error
+    return EchoReel(config)
+
+
+# ---- the trainer -----------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    step: int
+    loss: float | None
+    skipped: dict[int, Skip]
+    entries: int
+
+
+class Trainer:
+    """Builds everything from a config, then `fit()` trains; small methods, one job each."""
+
+    def __init__(self, cfg: DictConfig, model: VideoModel | None = None, dist_info: DistInfo | None = None):
+        self.cfg = cfg
+        self.dist = dist_info or init_distributed(cfg.train.device)
+        if not cfg.train.output_dir:
+            raise ConfigError("set train.output_dir=<folder> (checkpoints, logs and exports go there)")
+        self.out = Path(cfg.train.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.precision = cfg.train.precision
+        self.model = self._build_model(model)
+        self._build_data()
+        seed_globals(cfg.train.seed)  # the same initial EchoReel on every rank
+        self.echoreel = build_echoreel(cfg, self.model, self.latent_size).to(self.dist.device)
+        set_gradient_checkpointing(self.model, self.echoreel, cfg.train.gradient_checkpointing)
+        self.params = trainable_parameters(self.echoreel)
+        self.module = TrainModule(self.echoreel, self.model)
+        self._build_optimizer()
+        self.step, self.skipped, self._noted = 0, {s.index: s for s in self.startup_skips}, set()
+        self.last_loss: float | None = None
+        seed_globals(cfg.train.seed + self.dist.rank)
+        resume = cfg.train.resume
+        path = resolve_checkpoint(resume, self.ckpt_dir) if resume else None
+        if path is not None:
+            self.load_state(path)
+        self.ddp = None
+        if self.dist.world_size > 1:
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+        self._setup_outputs()
+
+    # -- building --
+
+    def _build_model(self, model: VideoModel | None) -> VideoModel:
+        cfg = self.cfg
+        dtype = DTYPES[cfg.model.dtype or ("fp32" if self.precision == "fp32" else self.precision)]
+        if model is None:
+            if not cfg.model.checkpoint:
+                raise ConfigError("set model.checkpoint=<the base model file>")
+            model = load_video_model(cfg.model.checkpoint, dtype=dtype, device=self.dist.device)
+        else:
+            model = model.to(device=self.dist.device, dtype=dtype)
+        if cfg.model.expect and not model.preset.name.startswith(cfg.model.expect):
+            raise ConfigError(f"this configuration is for {cfg.model.expect} models; the base model is {model.preset.name}")
+        model.requires_grad_(False).eval()
+        return model
+
+    def _build_data(self) -> None:
+        cfg, preset = self.cfg, self.model.preset
+        if not cfg.data.json:
+            raise ConfigError("set data.json=<the dataset JSON>")
+        height, width = cfg.data.height or preset.height, cfg.data.width or preset.width
+        f = self.model.vae.downscale_factor
+        multiple = f * 2 ** (len(preset.unet.channel_mult) - 1)
+        if height % multiple or width % multiple:
+            raise ConfigError(f"data.height/width must be multiples of {multiple} for {preset.name}, got {height}x{width}")
+        self.latent_size = (height // f, width // f)
+        self.spec = VideoSpec(cfg.data.frames, cfg.data.stride, cfg.data.start, height, width,
+                              cfg.data.resize_mode, cfg.data.short_videos)
+        entries, skips = load_entries(cfg.data.json)
+        if self.dist.is_main:
+            for skip in skips:
+                log.warning(skip.message())
+        if not entries:
+            raise DatasetError(f"{cfg.data.json}: no usable entry ({len(skips)} skipped)")
+        self.entries, self.startup_skips, self.total_entries = entries, skips, len(entries) + len(skips)
+        self.cache = None
+        keys = None
+        if cfg.data.cache:
+            self.cache = TensorCache(cfg.data.cache_dir or self.out / "cache")
+            m = self.model
+            keys = CacheKeys(fingerprint(m.vae), fingerprint(m.text_encoder),
+                             fingerprint(nn.ModuleList([m.image_encoder, m.resampler])) if preset.is_i2v else None)
+        self.dataset = PairDataset(entries, self.spec, cfg.train.seed, self.cache, keys, preset.is_i2v)
+        self.keys = keys
+        self.fps = cfg.model.fps or preset.fps
+
+    def _build_optimizer(self) -> None:
+        o = self.cfg.optim
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        warmup = o.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+        )
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.precision == "fp16")
+
+    def _setup_outputs(self) -> None:
+        self.csv_path, self.writer = self.out / "train_log.csv", None
+        if not self.dist.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temporaries(self.ckpt_dir)
+        if removed:
+            log.info("removed %d temporary file(s) left by an interrupted save", removed)
+        (self.out / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
+        self._truncate_csv()
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional
+        except Exception:  # noqa: BLE001 - TensorBoard is not installed: CSV only
+            log.info("TensorBoard is not installed; logging to %s only", self.csv_path)
+        else:
+            self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)
+
+    def _truncate_csv(self) -> None:
+        """Drop rows past the resumed step (a killed run may have logged steps it never saved)."""
+        if not self.csv_path.is_file():
+            return
+        with open(self.csv_path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
+        if len(kept) != len(rows):
+            with open(self.csv_path, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
+
+    # -- one batch --
+
+    def autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=dtype)
+
+    @torch.no_grad()
+    def _moments(self, clip: Clip) -> tuple[torch.Tensor, torch.Tensor]:
+        """A clip's VAE posterior (mean, logvar), each (c, t, h, w) float32: cached, or encoded now."""
+        device = self.dist.device
+        if clip.cached is not None:
+            return clip.cached["mean"].to(device, torch.float32), clip.cached["logvar"].to(device, torch.float32)
+        frames = rearrange(clip.pixels, "c t h w -> t c h w")
+        moments = [self.model.vae.encode_frames(chunk) for chunk in frames.split(16)]  # as encode_video
+        mean = torch.cat([m for m, _ in moments]).float().permute(1, 0, 2, 3)  # (c, t, h, w)
+        logvar = torch.cat([lv for _, lv in moments]).float().permute(1, 0, 2, 3)
+        if clip.key is not None:
+            dtype = DTYPES[self.cfg.data.cache_dtype]
+            self.cache.put("video", clip.key, {"mean": mean.to(dtype), "logvar": logvar.to(dtype)})
+            if self.cfg.data.cache_dtype != "fp32":  # train on what later epochs will read back
+                mean, logvar = mean.to(dtype).float(), logvar.to(dtype).float()
+        return mean, logvar
+
+    @torch.no_grad()
+    def _image_tokens(self, clip: Clip) -> torch.Tensor:
+        """I2V: the CLIP image tokens (16, D) of the target's first frame."""
+        if clip.cached is not None:
+            return clip.cached["image"].to(self.dist.device, self.model.dtype)
+        tokens = self.model.encode_image(clip.pixels[:, 0][None])[0]  # (3, H, W) frame -> (16, D)
+        if clip.key is not None:
+            self.cache.put("image", self.keys.image_key(clip.key), {"image": tokens})
+        return tokens
+
+    @torch.no_grad()
+    def _text(self, text: str, cached: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A prompt's text context (77, D): cached, or encoded now (one text per call, as cached)."""
+        if text in cached:
+            return cached[text].to(self.dist.device, self.model.dtype)
+        context = self.model.encode_text([text])[0]
+        if self.cache is not None:
+            self.cache.put("text", self.keys.text_key(text), {"context": context})
+        return context
+
+    def _posterior_sample(self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """0.18215 * (mean + std * noise), the noise drawn frames-as-batch (t, c, h, w) as encode_video."""
+        c, t, h, w = mean.shape
+        noise = torch.randn((t, c, h, w), generator=generator).permute(1, 0, 2, 3).to(mean.device)
+        return self.model.vae.config.scale_factor * (mean + torch.exp(0.5 * logvar) * noise)
+
+    def prepare(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        """Samples -> the TrainModule's tensors on the device; draws each sample's randomness."""
+        self._report(samples)
+        rows = {k: [] for k in ("z0", "reference", "timesteps", "noise", "prompt", "caption", "context")}
+        T = self.model.schedule.num_timesteps
+        for s in samples:
+            generator = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, s.position))
+            z0 = self._posterior_sample(*self._moments(s.target), generator)  # (c, t, h, w)
+            rows["z0"].append(z0)
+            rows["reference"].append(self._posterior_sample(*self._moments(s.reference), generator))
+            rows["timesteps"].append(torch.randint(0, T, (), generator=generator))
+            rows["noise"].append(torch.randn(z0.shape, generator=generator).to(z0.device))
+            prompt = self._text(s.prompt, s.texts)
+            rows["prompt"].append(prompt)
+            rows["caption"].append(self._text(s.caption, s.texts))
+            rows["context"].append(torch.cat([prompt, self._image_tokens(s.target)]) if self.model.preset.is_i2v else prompt)
+        batch = {k: torch.stack(v).to(self.dist.device) for k, v in rows.items()}
+        batch["fps"] = torch.full((len(samples),), self.fps, dtype=torch.long, device=self.dist.device)
+        return batch
+
+    def _report(self, samples: list[Sample]) -> None:
+        """Log each newly skipped entry and each short-video note once."""
+        for s in samples:
+            for skip in s.skips:
+                if skip.index not in self.skipped:
+                    self.skipped[skip.index] = skip
+                    log.warning(skip.message())
+            for note in s.notes:
+                if note not in self._noted:
+                    self._noted.add(note)
+                    log.warning(note)
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.autocast():
+            return (self.ddp or self.module)(**batch)
+
+    @torch.no_grad()
+    def evaluate(self, positions: list[int]) -> float:
+        """The loss on the samples at these stream positions, with their fixed noise (no update)."""
+        return float(self._forward(self.prepare([self.dataset[p] for p in positions])))
+
+    def train_step(self, micro_batches: list[list[Sample]]) -> dict[str, float]:
+        """One optimizer step over `grad_accumulation` micro-batches; returns what is logged."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.dist.device)
+        for i, samples in enumerate(micro_batches):
+            batch = self.prepare(samples)
+            last = i == len(micro_batches) - 1
+            sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
+            with sync:
+                loss = self._forward(batch)
+                self.scaler.scale(loss / len(micro_batches)).backward()
+            total += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.grad_clip
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        lr = self.scheduler.get_last_lr()[0]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        loss = total / len(micro_batches)
+        if _distributed():
+            dist.all_reduce(loss)
+            loss /= dist.get_world_size()
+        self.last_loss = float(loss)
+        return {"loss": self.last_loss, "lr": lr, "grad_norm": float(grad_norm)}
+
+    # -- state --
+
+    def state(self) -> dict:
+        """Everything a resume needs, as tensors and plain values (weights_only-loadable)."""
+        return {
+            "format": train_state.FORMAT,
+            "step": self.step,
+            "echoreel": self.echoreel.state_dict(),
+            "echoreel_config": self.echoreel.config.to_json(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _gather(rng_state()),  # one per rank
+            "skipped": sorted({i for ranks in _gather(sorted(self.skipped)) for i in ranks}),
+            "world_size": self.dist.world_size,
+            "config": OmegaConf.to_yaml(self.cfg),
+        }
+
+    def load_state(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if state["echoreel_config"] != self.echoreel.config.to_json():
+            raise TrainStateError(f"{path}: trained an EchoReel of another configuration than this run's")
+        self.echoreel.load_state_dict(state["echoreel"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        rngs = state["rng"]
+        if len(rngs) == self.dist.world_size:
+            set_rng_state(rngs[self.dist.rank])
+        else:
+            log.warning("%s was saved by %d processes, this run has %d: global RNGs reseeded",
+                        path, len(rngs), self.dist.world_size)
+        self.skipped.update({i: Skip(i, "", "earlier", "skipped before the resume") for i in state["skipped"]
+                             if i not in self.skipped})
+        if self.dist.is_main:
+            log.info("resumed from %s at step %d", path, self.step)
+
+    def save(self) -> None:
+        state = self.state()  # every rank takes part in the gathers
+        if not self.dist.is_main:
+            return
+        log.info("saving checkpoint step %d", self.step)
+        path = save_checkpoint(self.ckpt_dir, self.step, state, self.cfg.train.keep_checkpoints)
+        save_echoreel(self.echoreel, self.out / "echoreel.safetensors", DTYPES[self.cfg.echoreel.export_dtype])
+        log.info("saved %s and %s", path, self.out / "echoreel.safetensors")
+
+    # -- validation --
+
+    def validation_entries(self) -> list[Entry]:
+        v = self.cfg.validation
+        if v.json:
+            entries, skips = load_entries(v.json)
+            for skip in skips:
+                log.warning("validation %s", skip.message())
+        else:  # every (n/20)-th entry, as the official validation subset
+            entries = self.entries[:: max(1, len(self.entries) // 20)]
+        return entries[: v.num_samples]
+
+    @torch.no_grad()
+    def validate(self) -> list[Path]:
+        """Rank 0: reference | without EchoReel | with EchoReel videos for a few entries."""
+        if not self.dist.is_main:
+            return []
+        self.module.detach()  # sampling attaches EchoReel by itself
+        self.echoreel.eval()
+        written = []
+        try:
+            for k, entry in enumerate(self.validation_entries()):
+                try:
+                    written.append(self._validation_video(k, entry))
+                except (VideoReadError, OSError, ValueError) as error:
+                    log.warning("validation entry %d: %s; skipped", entry.index, error)
+        finally:
+            self.echoreel.train()
+        return written
+
+    def _validation_video(self, k: int, entry: Entry) -> Path:
+        v, spec, model = self.cfg.validation, self.spec, self.model
+        read = dict(num_frames=spec.frames, stride=spec.stride, start=spec.start, size=(spec.height, spec.width),
+                    resize_mode=spec.resize_mode)
+        reference, _, _ = read_video_frames(entry.reference, **read)  # (t, h, w, 3) in [0, 1]
+        settings = SamplingSettings(height=spec.height, width=spec.width, frames=spec.frames, fps=self.fps,
+                                    steps=v.steps, cfg=v.cfg or model.preset.cfg, eta=v.eta, seed=v.seed)
+        with self.autocast():
+            latents = encode_reference(model, frames_to_model_input(reference), torch.Generator().manual_seed(v.seed))
+            features = action_features(self.echoreel, model.encode_text([entry.prompt]),
+                                       model.encode_text([v.negative_prompt]),
+                                       [Reference(latents, model.encode_text([entry.caption]))])
+            guide = EchoReelGuidance(self.echoreel, features, strength=v.strength)
+            if model.preset.is_i2v:
+                image = read_video_frames(entry.target, **{**read, "num_frames": 1})[0][0]  # (h, w, 3)
+                run = lambda echo: image_to_video(model, image, entry.prompt, settings, v.negative_prompt, echoreel=echo)  # noqa: E731
+            else:
+                run = lambda echo: text_to_video(model, entry.prompt, settings, v.negative_prompt, echoreel=echo)  # noqa: E731
+            without, with_echoreel = run(None), run(guide)
+        path = self.out / "validation" / f"step_{self.step:08d}_{k}.{v.format}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, stack_side_by_side(reference, without.float(), with_echoreel.float()), fps=v.video_fps)
+        return path
+
+    # -- the loop --
+
+    def loader(self) -> torch.utils.data.DataLoader:
+        accumulation = self.cfg.train.grad_accumulation
+        sampler = StreamSampler(self.cfg.train.batch_size, self.dist.rank, self.dist.world_size,
+                                self.step * accumulation, self.cfg.train.max_steps * accumulation)
+        workers = self.cfg.data.num_workers
+        return torch.utils.data.DataLoader(self.dataset, batch_size=self.cfg.train.batch_size, sampler=sampler,
+                                           collate_fn=collate, num_workers=workers,
+                                           prefetch_factor=2 if workers else None)
+
+    def log_row(self, metrics: dict[str, float]) -> None:
+        if not self.dist.is_main:
+            return
+        new = not self.csv_path.is_file()
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["step", "loss", "lr", "grad_norm", "samples_per_s", "skipped"])
+            writer.writerow([self.step, f"{metrics['loss']:.6g}", f"{metrics['lr']:.6g}",
+                             f"{metrics['grad_norm']:.6g}", f"{metrics['samples_per_s']:.4g}", len(self.skipped)])
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(f"train/{key}", value, self.step)
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg.train
+        global_batch = cfg.batch_size * cfg.grad_accumulation * self.dist.world_size
+        if self.dist.is_main:
+            log.info("training %s EchoReel parameters (%d entries, global batch %d) from step %d to %d",
+                     f"{sum(p.numel() for p in self.params):,}", len(self.entries), global_batch, self.step,
+                     cfg.max_steps)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.dist.is_main, desc="train",
+                   dynamic_ncols=True)
+        pending, started = [], time.perf_counter()
+        saved_at = self.step
+        try:
+            for samples in self.loader():
+                pending.append(samples)
+                if len(pending) < cfg.grad_accumulation:
+                    continue
+                metrics = self.train_step(pending)
+                pending = []
+                now = time.perf_counter()
+                metrics["samples_per_s"] = global_batch / max(now - started, 1e-9)
+                started = now
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    self.log_row(metrics)
+                if self.step % cfg.save_every == 0:
+                    self.save()
+                    saved_at = self.step
+                if self.cfg.validation.every and self.step % self.cfg.validation.every == 0:
+                    self.validate()
+            if saved_at != self.step:
+                self.save()
+        finally:
+            bar.close()
+            self.module.detach()  # the caller's model is left as it was given
+        return self.finish()
+
+    def finish(self) -> TrainResult:
+        skipped = {}
+        for part in _gather(self.skipped):
+            skipped.update(part)
+        if self.dist.is_main:
+            kinds = {}
+            for s in skipped.values():
+                kinds[s.kind] = kinds.get(s.kind, 0) + 1
+            detail = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+            log.info("done at step %d; skipped %d of %d entries%s", self.step, len(skipped), self.total_entries,
+                     f" ({detail})" if detail else "")
+            if self.writer is not None:
+                self.writer.close()
+        if _distributed():
+            dist.barrier()
+        return TrainResult(self.step, self.last_loss, skipped, self.total_entries)
+
+
+def train(cfg: DictConfig, model: VideoModel | None = None) -> TrainResult:
+    """Train as configured; `model` replaces model.checkpoint (tests, notebooks)."""
+    return Trainer(cfg, model=model).fit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m echoreel_core.train",
+        description="Train the EchoReel Action Prism and integration layers on (target, reference) video pairs.",
+        epilog=key_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help=f"a preset ({', '.join(preset_configs())}) or a YAML file")
+    parser.add_argument("--resume", help="latest | auto | a checkpoint path (same as train.resume=...)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s %(levelname)s [rank {rank}] %(message)s", stream=sys.stderr)
+    try:
+        cfg = load_config(args.config, args.overrides + ([f"train.resume={args.resume}"] if args.resume else []))
+        if args.print_config:
+            print(OmegaConf.to_yaml(cfg))
+            return 0
+        train(cfg)
+    except (ConfigError, DatasetError, TrainStateError, CheckpointError) as error:
+        log.error("%s", error)
+        return 2
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

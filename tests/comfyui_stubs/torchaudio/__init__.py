@@ -1,0 +1,5 @@
+"""Test-only stand-in for `torchaudio` (see tests/comfyui_stubs/README.md)."""
+from _standin import module_getattr
+
+__version__ = "0.0.0+standin"
+__getattr__ = module_getattr(__name__)
