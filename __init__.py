@@ -1,10 +1,12 @@
 """ComfyUI-EchoReel: the ComfyUI entry point (V1 node API).
 
-ComfyUI imports this folder as a package; imported as a plain module (no parent package, e.g.
-by a test runner), there is nothing to register.
+Inside ComfyUI (where `comfy` is importable) this registers the nodes; imported anywhere else,
+e.g. by a test runner or a training script, it registers nothing and imports nothing.
 """
 
-if __package__:
+import importlib.util
+
+if __package__ and importlib.util.find_spec("comfy") is not None:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 else:
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}

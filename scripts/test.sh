@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
+bash scripts/setup_comfyui.sh   # a real ComfyUI (test-only) for the node and end-to-end tests
 .venv/bin/python -m pytest -q tests "$@"
