@@ -2,9 +2,11 @@
 
 The sampler is `sampling.long_video.sample_long_video` (FNR, PNS, DSG, as the official VidRD
 code); this module supplies each clip's denoiser (its own prompt, the shared negative prompt and
-image, its own EchoReel reference if a list is given) and decodes each clip as soon as it is
-sampled, so memory does not grow with the length beyond the output frames. With one clip the
-result equals `pipeline.text_to_video` / `image_to_video` exactly.
+image, its own EchoReel reference if a list is given). `generate_long_latents` needs only the
+UNet, preset and schedule (as `pipeline.generate_latents`, for the ComfyUI sampler);
+`long_text_to_video` / `long_image_to_video` decode each clip as soon as it is sampled, so memory
+does not grow with the length beyond the output frames. With one clip the results equal
+`pipeline.generate_latents` / `text_to_video` / `image_to_video` exactly.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from .models.video_model import VideoModel
 from .pipeline import EchoReelGuidance, SamplingSettings, decode_to_frames, guided_denoiser, prepare_image
 from .sampling.ddim import Denoiser, StepCallback, ddim_schedule
-from .sampling.long_video import sample_long_video
+from .sampling.long_video import ClipDenoisers, ClipSink, sample_long_video
 
 Guidance = EchoReelGuidance | list[EchoReelGuidance] | None
 
@@ -55,7 +57,7 @@ def _per_clip_guidance(echoreel: Guidance, num_clips: int) -> list[EchoReelGuida
 
 
 @torch.no_grad()
-def generate_long_video(
+def generate_long_latents(
     model: VideoModel,
     conds: list[torch.Tensor],
     uncond: torch.Tensor | None,
@@ -66,39 +68,44 @@ def generate_long_video(
     drop_overlap: bool = False,
     echoreel: Guidance = None,
     callback: StepCallback | None = None,
-) -> torch.Tensor:
-    """One clip per context in `conds` (each (1, L, c)) -> frames (T, H, W, 3) in [0, 1], CPU float.
+    decode_clip: ClipSink | None = None,
+) -> torch.Tensor | None:
+    """One clip per context in `conds` (each (b, L, c)), `settings.frames` frames each.
 
-    Seeding, shapes, CFG and the EchoReel start/end window per clip are those of
-    `pipeline.generate_latents`. EchoReel is attached once for the whole run and detached
-    whatever happens; a list of guidances (one per clip) re-binds clip k's features when clip k
-    starts (one k/v projection per site), a single guidance is bound once for every clip.
+    Returns the latents (b, 4, T, h, w) of all clips concatenated in time, or, when
+    `decode_clip(k, latents)` is given, hands it each clip as soon as it is sampled and returns
+    None (so nothing but the caller's output grows with the length). Seeding, shapes, CFG and the
+    EchoReel start/end window of each clip are those of `pipeline.generate_latents`, and as there
+    only `model.unet`, `model.preset` and `model.schedule` are used. EchoReel is attached once for
+    the whole run and detached whatever happens; a list of guidances (one per clip) re-binds clip
+    k's features when clip k starts (one k/v projection per site), a single guidance is bound
+    once for every clip.
     """
     num_clips = len(conds)
     if num_clips < 1:
         raise ValueError("give at least one clip's context")
-    f = model.vae.downscale_factor
+    weight = next(model.unet.parameters())
+    device, dtype = weight.device, weight.dtype
+    f = 2 ** (len(model.preset.vae.ch_mult) - 1)
     settings.validate(f * 2 ** (len(model.preset.unet.channel_mult) - 1))  # as generate_latents
     b = conds[0].shape[0]
     shape = (b, model.preset.vae.embed_dim, settings.frames, settings.height // f, settings.width // f)
     generator = torch.Generator("cpu").manual_seed(settings.seed)
-    fps = torch.full((b,), settings.fps, dtype=torch.long, device=model.device)
+    fps = torch.full((b,), settings.fps, dtype=torch.long, device=device)
+    conds = [cond.to(device, dtype) for cond in conds]
+    uncond = uncond.to(device, dtype) if uncond is not None else None
     steps = ddim_schedule(model.schedule, settings.steps, settings.eta)
     guides = _per_clip_guidance(echoreel, num_clips)
-    frames: list[torch.Tensor] = []
-
-    def decode(k: int, latents: torch.Tensor) -> None:  # (b, c, t, h, w) -> (t, H, W, 3) on the CPU
-        frames.append(decode_to_frames(model, latents))
 
     def denoiser(k: int) -> Denoiser:
         return guided_denoiser(model.unet, conds[k], uncond, settings.cfg, fps)
 
-    def run(denoise_for_clip) -> torch.Tensor:
-        sample_long_video(
+    def run(denoise_for_clip: ClipDenoisers) -> torch.Tensor | None:
+        clips = sample_long_video(
             denoise_for_clip, shape, steps, num_clips, overlap, alpha, beta, generator,
-            callback=callback, decode_clip=decode, drop_overlap=drop_overlap, device=model.device, dtype=model.dtype,
+            callback=callback, decode_clip=decode_clip, drop_overlap=drop_overlap, device=device, dtype=dtype,
         )
-        return torch.cat(frames)
+        return None if clips is None else torch.cat(clips, dim=2)
 
     if guides is None:
         return run(denoiser)
@@ -108,7 +115,7 @@ def generate_long_video(
     def tokens(guide: EchoReelGuidance) -> torch.Tensor:
         features = guide.features
         both = torch.cat([features.cond, features.uncond]) if batched else features.cond
-        return both.to(model.device, model.dtype)
+        return both.to(device, dtype)
 
     # attached only inside this run, detached whatever happens
     with guides[0].weights.attach(model.preset, model.unet, guides[0].strength) as attachment:
@@ -130,6 +137,28 @@ def generate_long_video(
             return windowed
 
         return run(echoreel_denoiser)
+
+
+def generate_long_video(
+    model: VideoModel,
+    conds: list[torch.Tensor],
+    uncond: torch.Tensor | None,
+    settings: SamplingSettings,
+    overlap: int = 4,
+    alpha: float = 4.0,
+    beta: float = 0.4,
+    drop_overlap: bool = False,
+    echoreel: Guidance = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """`generate_long_latents` for batch 1, each clip decoded as soon as it is sampled (and its
+    latents then dropped) -> frames (T, H, W, 3) in [0, 1], float on the CPU."""
+    frames: list[torch.Tensor] = []
+    generate_long_latents(
+        model, conds, uncond, settings, overlap, alpha, beta, drop_overlap, echoreel, callback,
+        decode_clip=lambda k, latents: frames.append(decode_to_frames(model, latents)),
+    )
+    return torch.cat(frames)
 
 
 def long_text_to_video(

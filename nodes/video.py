@@ -39,13 +39,14 @@ class LoadReferenceVideo:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "video": (input_videos(), {"video_upload": True, "tooltip": "A video in ComfyUI's input folder (upload one here)."}),
                 "frames": ("INT", {"default": 16, "min": 1, "max": 4096, "tooltip": "Frames to take (16 as official)."}),
                 "stride": ("INT", {"default": 4, "min": 1, "max": 1000, "tooltip": "Take every n-th frame (4 as official)."}),
                 "start": ("INT", {"default": 0, "min": 0, "max": 10**7, "tooltip": "The first frame to take."}),
                 "width": ("INT", {"default": 256, "min": 8, "max": 8192, "step": 8, "tooltip": "Output width: the EchoReel model's reference size (256 for LVDM, 512 for VideoCrafter)."}),
                 "height": ("INT", {"default": 256, "min": 8, "max": 8192, "step": 8, "tooltip": "Output height: the EchoReel model's reference size (256 for LVDM, 320 for VideoCrafter)."}),
                 "resize": (RESIZE_MODES, {"default": RESIZE_MODES[0], "tooltip": "squash: stretch to the size, as the official loader; crop: keep the aspect ratio and crop the centre."}),
+                # last, so the upload button's saved value follows every other widget value
+                "video": (input_videos(), {"video_upload": True, "tooltip": "A video in ComfyUI's input folder (upload one here)."}),
             }
         }
 

@@ -23,9 +23,10 @@ CPU generator, so a seed gives the same long video on any device.
 
 History: the official code keeps all S step inputs of the previous clip (S full latents). Only
 entry 0 (the reversed x_T, for FNR/PNS) is read in full, and DSG reads only frames < M of the
-entries of its window (steps i < S*beta). Those are all this module keeps: one full latent plus
-ceil(S*beta) latents of M frames (S=50, N=16, M=4, beta=0.4: 6 latents' worth instead of 50),
-numerically identical to the official bookkeeping.
+entries of its window (steps i < S*beta). Those are all this module keeps, and only while a
+later clip will read them: entry 0 whole plus ceil(S*beta) - 1 entries of M frames (S=50, N=16,
+M=4, beta=0.4: 5.75 latents' worth instead of 50), numerically identical to the official
+bookkeeping.
 
 Shapes are (b, c, t, h, w); t is the frame axis.
 """
@@ -146,7 +147,7 @@ def sample_long_video(
             x, x0 = ddim_step(x, eps.to(x.dtype), step, randn(x.shape, generator, like=x).to(x.dtype))
             if callback is not None:
                 callback(k * num_steps + i, x, x0)
-        clip = x[:, :, overlap:] if drop_overlap and k > 0 else x
+        clip = x[:, :, overlap:].contiguous() if drop_overlap and k > 0 else x  # a copy: x is not kept
         if decode_clip is not None:
             decode_clip(k, clip)
         else:
