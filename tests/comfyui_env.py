@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import pathlib
 import sys
 
@@ -20,7 +21,8 @@ from echoreel_core.presets import tiny_preset
 from echoreel_core.video_io import write_video
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-COMFYUI = ROOT / ".comfyui" / "ComfyUI"
+# ECHOREEL_COMFYUI_DIR runs the same tests against another ComfyUI checkout (e.g. the newest)
+COMFYUI = pathlib.Path(os.environ.get("ECHOREEL_COMFYUI_DIR", ROOT / ".comfyui" / "ComfyUI"))
 STUBS = ROOT / "tests" / "comfyui_stubs"
 PACK = "comfyui_echoreel_pack"
 
