@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from .models.video_model import VideoModel
-from .pipeline import EchoReelGuidance, SamplingSettings, decode_to_frames, guided_denoiser, prepare_image
-from .sampling.ddim import Denoiser, StepCallback, ddim_schedule
+from .pipeline import EchoReelGuidance, SamplingRun, SamplingSettings, decode_to_frames, guided_denoiser, prepare_image
+from .sampling.ddim import Denoiser, StepCallback
 from .sampling.long_video import ClipDenoisers, ClipSink, sample_long_video
 
 Guidance = EchoReelGuidance | list[EchoReelGuidance] | None
@@ -84,59 +84,35 @@ def generate_long_latents(
     num_clips = len(conds)
     if num_clips < 1:
         raise ValueError("give at least one clip's context")
-    weight = next(model.unet.parameters())
-    device, dtype = weight.device, weight.dtype
-    f = 2 ** (len(model.preset.vae.ch_mult) - 1)
-    settings.validate(f * 2 ** (len(model.preset.unet.channel_mult) - 1))  # as generate_latents
-    b = conds[0].shape[0]
-    shape = (b, model.preset.vae.embed_dim, settings.frames, settings.height // f, settings.width // f)
-    generator = torch.Generator("cpu").manual_seed(settings.seed)
-    fps = torch.full((b,), settings.fps, dtype=torch.long, device=device)
-    conds = [cond.to(device, dtype) for cond in conds]
-    uncond = uncond.to(device, dtype) if uncond is not None else None
-    steps = ddim_schedule(model.schedule, settings.steps, settings.eta)
+    run = SamplingRun.prepare(model, conds[0].shape[0], settings)
+    conds = [cond.to(run.device, run.dtype) for cond in conds]
+    uncond = uncond.to(run.device, run.dtype) if uncond is not None else None
     guides = _per_clip_guidance(echoreel, num_clips)
 
     def denoiser(k: int) -> Denoiser:
-        return guided_denoiser(model.unet, conds[k], uncond, settings.cfg, fps)
+        return guided_denoiser(model.unet, conds[k], uncond, settings.cfg, run.fps)
 
-    def run(denoise_for_clip: ClipDenoisers) -> torch.Tensor | None:
+    def sample(denoise_for_clip: ClipDenoisers) -> torch.Tensor | None:
         clips = sample_long_video(
-            denoise_for_clip, shape, steps, num_clips, overlap, alpha, beta, generator,
-            callback=callback, decode_clip=decode_clip, drop_overlap=drop_overlap, device=device, dtype=dtype,
+            denoise_for_clip, run.shape, run.steps, num_clips, overlap, alpha, beta, run.generator,
+            callback=callback, decode_clip=decode_clip, drop_overlap=drop_overlap, device=run.device, dtype=run.dtype,
         )
         return None if clips is None else torch.cat(clips, dim=2)
 
     if guides is None:
-        return run(denoiser)
-
+        return sample(denoiser)
     batched = uncond is not None and settings.cfg != 1.0  # the branches guided_denoiser runs
-
-    def tokens(guide: EchoReelGuidance) -> torch.Tensor:
-        features = guide.features
-        both = torch.cat([features.cond, features.uncond]) if batched else features.cond
-        return both.to(device, dtype)
-
     # attached only inside this run, detached whatever happens
     with guides[0].weights.attach(model.preset, model.unet, guides[0].strength) as attachment:
         bound: list = [None]  # the features now bound, so an unchanged reference is not re-projected
 
         def echoreel_denoiser(k: int) -> Denoiser:
-            guide = guides[k]
-            if guide.features is not bound[0]:
-                attachment.bind(tokens(guide), guide.features.frames_per_reference)
-                bound[0] = guide.features
-            attachment.strength = guide.strength
-            active = {s.timestep for i, s in enumerate(steps) if guide.start <= i / len(steps) < guide.end}
-            denoise = denoiser(k)
+            if guides[k].features is not bound[0]:
+                run.bind(attachment, guides[k], batched)
+                bound[0] = guides[k].features
+            return run.windowed(denoiser(k), attachment, guides[k])
 
-            def windowed(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                attachment.active = int(t[0]) in active
-                return denoise(x, t)
-
-            return windowed
-
-        return run(echoreel_denoiser)
+        return sample(echoreel_denoiser)
 
 
 def generate_long_video(

@@ -65,6 +65,51 @@ def guided_denoiser(
     return denoise
 
 
+@dataclass(frozen=True)
+class SamplingRun:
+    """What one seeded run derives from the model and the settings, the same for one clip or many."""
+
+    device: torch.device
+    dtype: torch.dtype
+    shape: tuple[int, ...]  # (b, c, t, h, w) of one clip's latents
+    generator: torch.Generator  # CPU: the same noise on every device
+    fps: torch.Tensor  # (b,)
+    steps: list
+
+    @classmethod
+    def prepare(cls, model: VideoModel, batch: int, settings: SamplingSettings) -> "SamplingRun":
+        """Only `model.unet`, `model.preset` and `model.schedule` are used (the ComfyUI sampler passes
+        just those); latents land on the UNet's device and dtype."""
+        weight = next(model.unet.parameters())
+        f = 2 ** (len(model.preset.vae.ch_mult) - 1)
+        settings.validate(f * 2 ** (len(model.preset.unet.channel_mult) - 1))  # the VAE, then each UNet level, halve
+        return cls(
+            device=weight.device,
+            dtype=weight.dtype,
+            shape=(batch, model.preset.vae.embed_dim, settings.frames, settings.height // f, settings.width // f),
+            generator=torch.Generator("cpu").manual_seed(settings.seed),
+            fps=torch.full((batch,), settings.fps, dtype=torch.long, device=weight.device),
+            steps=ddim_schedule(model.schedule, settings.steps, settings.eta),
+        )
+
+    def bind(self, attachment, guide: EchoReelGuidance, batched: bool) -> None:
+        """Bind a guidance's features as the UNet batch holds its branches ([cond, uncond] or cond)."""
+        features = guide.features
+        tokens = torch.cat([features.cond, features.uncond]) if batched else features.cond
+        attachment.bind(tokens.to(self.device, self.dtype), features.frames_per_reference)
+
+    def windowed(self, denoise: Denoiser, attachment, guide: EchoReelGuidance) -> Denoiser:
+        """EchoReel on only for the steps in [start, end) of the run, with the guidance's strength."""
+        active = {s.timestep for i, s in enumerate(self.steps) if guide.start <= i / len(self.steps) < guide.end}
+
+        def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            attachment.strength = guide.strength
+            attachment.active = int(t[0]) in active
+            return denoise(x, t)
+
+        return step
+
+
 @torch.no_grad()
 def generate_latents(
     model: VideoModel,
@@ -74,38 +119,17 @@ def generate_latents(
     callback: StepCallback | None = None,
     echoreel: EchoReelGuidance | None = None,
 ) -> torch.Tensor:
-    """Sample latents (b, 4, t, h, w) for a text (and image) context (b, L, c); seeded on the CPU.
-
-    Only `model.unet`, `model.preset` and `model.schedule` are used (the ComfyUI sampler passes
-    just those); the latents land on the UNet's device and dtype."""
-    weight = next(model.unet.parameters())
-    device, dtype = weight.device, weight.dtype
-    f = 2 ** (len(model.preset.vae.ch_mult) - 1)
-    settings.validate(f * 2 ** (len(model.preset.unet.channel_mult) - 1))  # the VAE, then each UNet level, halve
-    b = cond.shape[0]
-    shape = (b, model.preset.vae.embed_dim, settings.frames, settings.height // f, settings.width // f)
-    generator = torch.Generator("cpu").manual_seed(settings.seed)
-    x_T = randn(shape, generator, device=device).to(dtype)
-    fps = torch.full((b,), settings.fps, dtype=torch.long, device=device)
-    cond = cond.to(device, dtype)
-    uncond = uncond.to(device, dtype) if uncond is not None else None
-    denoise = guided_denoiser(model.unet, cond, uncond, settings.cfg, fps)
-    steps = ddim_schedule(model.schedule, settings.steps, settings.eta)
+    """Sample latents (b, 4, t, h, w) for a text (and image) context (b, L, c); seeded on the CPU."""
+    run = SamplingRun.prepare(model, cond.shape[0], settings)
+    x_T = randn(run.shape, run.generator, device=run.device).to(run.dtype)
+    uncond = uncond.to(run.device, run.dtype) if uncond is not None else None
+    denoise = guided_denoiser(model.unet, cond.to(run.device, run.dtype), uncond, settings.cfg, run.fps)
     if echoreel is None:
-        return sample_ddim(denoise, x_T, steps, generator, callback)
-    features = echoreel.features
-    batched = uncond is not None and settings.cfg != 1.0  # the branches guided_denoiser runs
-    tokens = torch.cat([features.cond, features.uncond]) if batched else features.cond
-    active_timesteps = {s.timestep for i, s in enumerate(steps) if echoreel.start <= i / len(steps) < echoreel.end}
+        return sample_ddim(denoise, x_T, run.steps, run.generator, callback)
     # attached only inside this run, detached whatever happens
     with echoreel.weights.attach(model.preset, model.unet, echoreel.strength) as attachment:
-        attachment.bind(tokens.to(device, dtype), features.frames_per_reference)
-
-        def windowed(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            attachment.active = int(t[0]) in active_timesteps
-            return denoise(x, t)
-
-        return sample_ddim(windowed, x_T, steps, generator, callback)
+        run.bind(attachment, echoreel, batched=uncond is not None and settings.cfg != 1.0)
+        return sample_ddim(run.windowed(denoise, attachment, echoreel), x_T, run.steps, run.generator, callback)
 
 
 @torch.no_grad()

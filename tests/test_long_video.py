@@ -21,16 +21,6 @@ from echoreel_core.sampling.long_video import dsg_window, fnr_pns_noise, sample_
 from echoreel_core.sampling.schedule import NoiseSchedule, official_alphas_cumprod
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: on a loaded machine a second intra-op thread only waits for a
-    core (measured 40x slower on 2 shared cores), and on an idle one it gains nothing."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SHAPE = (1, 2, 6, 5, 7)  # (b, c, N, h, w): 6 frames per clip; h, w unlike anything else alive in the tests
 STEPS = ddim_schedule(NoiseSchedule(official_alphas_cumprod()), 8, eta=1.0)
 
