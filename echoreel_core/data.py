@@ -242,7 +242,8 @@ class CacheKeys:
         stat = path.stat()
         return _digest({"file": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                         "frames": spec.frames, "stride": spec.stride, "start": spec.start, "height": spec.height,
-                        "width": spec.width, "resize_mode": spec.resize_mode, "vae": self.vae})
+                        "width": spec.width, "resize_mode": spec.resize_mode, "short_videos": spec.short_videos,
+                        "vae": self.vae})
 
     def text_key(self, text: str) -> str:
         return _digest({"text": text, "encoder": self.text})
@@ -345,22 +346,23 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 class StreamSampler(torch.utils.data.Sampler):
-    """This rank's stream positions from micro-step `start` on: micro-step m of rank r reads the
-    global positions m*B*W + r*B + [0, B). With one rank and batch W*B it reads the same samples
-    as W ranks with batch B, which is what makes multi-GPU runs equal single-GPU ones."""
+    """This rank's stream positions for `micro_steps` micro-batches from global position `start`:
+    micro-batch m of rank r reads start + m*B*W + r*B + [0, B). With one rank and batch W*B it
+    reads the same samples as W ranks with batch B, which is what makes multi-GPU runs equal
+    single-GPU ones; a resume with another batch size or rank count continues the same stream."""
 
-    def __init__(self, batch_size: int, rank: int, world_size: int, start: int, stop: int):
+    def __init__(self, batch_size: int, rank: int, world_size: int, start: int, micro_steps: int):
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
-        self.start, self.stop = start, stop
+        self.start, self.micro_steps = start, micro_steps
 
     def __iter__(self):
         b = self.batch_size
-        for micro in range(self.start, self.stop):
-            base = micro * b * self.world_size + self.rank * b
+        for micro in range(self.micro_steps):
+            base = self.start + micro * b * self.world_size + self.rank * b
             yield from range(base, base + b)
 
     def __len__(self) -> int:
-        return max(0, self.stop - self.start) * self.batch_size
+        return max(0, self.micro_steps) * self.batch_size
 
 
 def collate(samples: list[Sample]) -> list[Sample]:

@@ -50,7 +50,6 @@ import csv
 import dataclasses
 import hashlib
 import logging
-import math
 import os
 import random
 import sys
@@ -352,7 +351,8 @@ def trainable_parameters(echoreel: EchoReel) -> list[nn.Parameter]:
 
 
 def build_echoreel(cfg: DictConfig, model: VideoModel, latent_size: tuple[int, int]) -> EchoReel:
-    """A fresh EchoReel sized to the model and the training clips, or the `echoreel.init` weights."""
+    """A fresh EchoReel sized to the model and the training clips (latent_size = the clips' (h, w)
+    after the VAE), or the `echoreel.init` weights, which must fit both."""
     overrides = dict(cfg.echoreel.prism)
     overrides.setdefault("latent_height", latent_size[0])
     overrides.setdefault("latent_width", latent_size[1])
@@ -361,11 +361,11 @@ def build_echoreel(cfg: DictConfig, model: VideoModel, latent_size: tuple[int, i
         echoreel.check_fits(model.preset, model.unet)
         prism = echoreel.config.prism
         if (prism.latent_height, prism.latent_width) != latent_size:
+            f = model.vae.downscale_factor
             raise ConfigError(
                 f"{cfg.echoreel.init}: these weights take reference latents of {prism.latent_height}x"
                 f"{prism.latent_width}, the training clips give {latent_size[0]}x{latent_size[1]}: set "
-                f"data.height/width to {prism.latent_height * (cfg.data.height // latent_size[0])}x"
-                f"{prism.latent_width * (cfg.data.width // latent_size[1])}"
+                f"data.height={prism.latent_height * f} data.width={prism.latent_width * f}"
             )
         return echoreel
     try:
@@ -391,11 +391,14 @@ class Trainer:
     def __init__(self, cfg: DictConfig, model: VideoModel | None = None, dist_info: DistInfo | None = None):
         self.cfg = cfg
         self.dist = dist_info or init_distributed(cfg.train.device)
-        if not cfg.train.output_dir:
-            raise ConfigError("set train.output_dir=<folder> (checkpoints, logs and exports go there)")
+        for key, value in (("train.output_dir", cfg.train.output_dir), ("data.json", cfg.data.json),
+                           ("model.checkpoint", model is not None or cfg.model.checkpoint)):
+            if not value:
+                raise ConfigError(f"set {key}=... (see --help)")
         self.out = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.precision = cfg.train.precision
+        self._read_entries()  # a broken dataset JSON fails before a large model is loaded
         self.model = self._build_model(model)
         self._build_data()
         seed_globals(cfg.train.seed)  # the same initial EchoReel on every rank
@@ -403,8 +406,10 @@ class Trainer:
         set_gradient_checkpointing(self.model, self.echoreel, cfg.train.gradient_checkpointing)
         self.params = trainable_parameters(self.echoreel)
         self.module = TrainModule(self.echoreel, self.model)
+        self.global_batch = cfg.train.batch_size * cfg.train.grad_accumulation * self.dist.world_size
         self._build_optimizer()
-        self.step, self.skipped, self._noted = 0, {s.index: s for s in self.startup_skips}, set()
+        self.step, self.position = 0, 0  # optimizer steps done; global samples consumed
+        self.skipped, self._noted = {s.index: s for s in self.startup_skips}, set()
         self.last_loss: float | None = None
         seed_globals(cfg.train.seed + self.dist.rank)
         resume = cfg.train.resume
@@ -423,8 +428,6 @@ class Trainer:
         cfg = self.cfg
         dtype = DTYPES[cfg.model.dtype or ("fp32" if self.precision == "fp32" else self.precision)]
         if model is None:
-            if not cfg.model.checkpoint:
-                raise ConfigError("set model.checkpoint=<the base model file>")
             model = load_video_model(cfg.model.checkpoint, dtype=dtype, device=self.dist.device)
         else:
             model = model.to(device=self.dist.device, dtype=dtype)
@@ -433,10 +436,17 @@ class Trainer:
         model.requires_grad_(False).eval()
         return model
 
+    def _read_entries(self) -> None:
+        entries, skips = load_entries(self.cfg.data.json)
+        if self.dist.is_main:
+            for skip in skips:
+                log.warning(skip.message())
+        if not entries:
+            raise DatasetError(f"{self.cfg.data.json}: no usable entry ({len(skips)} skipped)")
+        self.entries, self.startup_skips, self.total_entries = entries, skips, len(entries) + len(skips)
+
     def _build_data(self) -> None:
-        cfg, preset = self.cfg, self.model.preset
-        if not cfg.data.json:
-            raise ConfigError("set data.json=<the dataset JSON>")
+        cfg, preset, entries = self.cfg, self.model.preset, self.entries
         height, width = cfg.data.height or preset.height, cfg.data.width or preset.width
         f = self.model.vae.downscale_factor
         multiple = f * 2 ** (len(preset.unet.channel_mult) - 1)
@@ -445,20 +455,13 @@ class Trainer:
         self.latent_size = (height // f, width // f)
         self.spec = VideoSpec(cfg.data.frames, cfg.data.stride, cfg.data.start, height, width,
                               cfg.data.resize_mode, cfg.data.short_videos)
-        entries, skips = load_entries(cfg.data.json)
-        if self.dist.is_main:
-            for skip in skips:
-                log.warning(skip.message())
-        if not entries:
-            raise DatasetError(f"{cfg.data.json}: no usable entry ({len(skips)} skipped)")
-        self.entries, self.startup_skips, self.total_entries = entries, skips, len(entries) + len(skips)
         self.cache = None
         keys = None
         if cfg.data.cache:
             self.cache = TensorCache(cfg.data.cache_dir or self.out / "cache")
             m = self.model
             keys = CacheKeys(fingerprint(m.vae), fingerprint(m.text_encoder),
-                             fingerprint(nn.ModuleList([m.image_encoder, m.resampler])) if preset.is_i2v else None)
+                             fingerprint(m.image_encoder) + fingerprint(m.resampler) if preset.is_i2v else None)
         self.dataset = PairDataset(entries, self.spec, cfg.train.seed, self.cache, keys, preset.is_i2v)
         self.keys = keys
         self.fps = cfg.model.fps or preset.fps
@@ -478,6 +481,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "echoreel.safetensors.tmp").unlink(missing_ok=True)  # an export cut short
         removed = remove_stale_temporaries(self.ckpt_dir)
         if removed:
             log.info("removed %d temporary file(s) left by an interrupted save", removed)
@@ -591,7 +595,10 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, positions: list[int]) -> float:
         """The loss on the samples at these stream positions, with their fixed noise (no update)."""
-        return float(self._forward(self.prepare([self.dataset[p] for p in positions])))
+        try:
+            return float(self._forward(self.prepare([self.dataset[p] for p in positions])))
+        finally:
+            self.module.detach()  # the next training forward attaches again
 
     def train_step(self, micro_batches: list[list[Sample]]) -> dict[str, float]:
         """One optimizer step over `grad_accumulation` micro-batches; returns what is logged."""
@@ -617,6 +624,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
+        self.position += self.global_batch
         loss = total / len(micro_batches)
         if _distributed():
             dist.all_reduce(loss)
@@ -631,6 +639,7 @@ class Trainer:
         return {
             "format": train_state.FORMAT,
             "step": self.step,
+            "position": self.position,  # global samples consumed: where the data stream resumes
             "echoreel": self.echoreel.state_dict(),
             "echoreel_config": self.echoreel.config.to_json(),
             "optimizer": self.optimizer.state_dict(),
@@ -650,7 +659,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step = state["step"]
+        self.step, self.position = state["step"], state["position"]
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank])
@@ -709,7 +718,7 @@ class Trainer:
         settings = SamplingSettings(height=spec.height, width=spec.width, frames=spec.frames, fps=self.fps,
                                     steps=v.steps, cfg=v.cfg or model.preset.cfg, eta=v.eta, seed=v.seed)
         with self.autocast():
-            latents = encode_reference(model, frames_to_model_input(reference), torch.Generator().manual_seed(v.seed))
+            latents = encode_reference(model.vae, frames_to_model_input(reference), torch.Generator().manual_seed(v.seed))
             features = action_features(self.echoreel, model.encode_text([entry.prompt]),
                                        model.encode_text([v.negative_prompt]),
                                        [Reference(latents, model.encode_text([entry.caption]))])
@@ -730,7 +739,7 @@ class Trainer:
     def loader(self) -> torch.utils.data.DataLoader:
         accumulation = self.cfg.train.grad_accumulation
         sampler = StreamSampler(self.cfg.train.batch_size, self.dist.rank, self.dist.world_size,
-                                self.step * accumulation, self.cfg.train.max_steps * accumulation)
+                                self.position, (self.cfg.train.max_steps - self.step) * accumulation)
         workers = self.cfg.data.num_workers
         return torch.utils.data.DataLoader(self.dataset, batch_size=self.cfg.train.batch_size, sampler=sampler,
                                            collate_fn=collate, num_workers=workers,
@@ -752,7 +761,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.cfg.train
-        global_batch = cfg.batch_size * cfg.grad_accumulation * self.dist.world_size
+        global_batch = self.global_batch
         if self.dist.is_main:
             log.info("training %s EchoReel parameters (%d entries, global batch %d) from step %d to %d",
                      f"{sum(p.numel() for p in self.params):,}", len(self.entries), global_batch, self.step,

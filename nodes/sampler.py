@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import torch
 from einops import rearrange
 
+from ..echoreel_core.long_pipeline import generate_long_latents
 from ..echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents, prepare_image
 from . import runtime
 from .echoreel_nodes import text_context
@@ -64,29 +65,91 @@ class VideoCrafterSampler:
         }
 
     def sample(self, model, positive, negative, vae, width, height, frames, fps, steps, cfg, eta, seed, image=None):
-        if model.preset.is_i2v and image is None:
-            raise ValueError(f"{model.preset.name} is an image-to-video model: connect an image")
-        if image is not None and not model.preset.is_i2v:
-            raise ValueError(f"{model.preset.name} is a text-to-video model: disconnect the image")
-        patchers = [model.unet] + ([model.image] if model.image is not None else [])
-        if model.echoreel is not None:
-            patchers.append(model.echoreel.weights)
-        runtime.load_to_device(*patchers)
-        cond, uncond = text_context(positive, "positive"), text_context(negative, "negative")
-        if model.preset.is_i2v:
-            cond = torch.cat([cond, image_tokens(model, image, height, width).cpu().float()], dim=1)
-            uncond = torch.cat([uncond, image_tokens(model, None, height, width).cpu().float()], dim=1)
-        guidance = None
-        if model.echoreel is not None:
-            applied = model.echoreel
-            guidance = EchoReelGuidance(applied.weights.model, applied.features, applied.strength, applied.start, applied.end)
+        cond, uncond, guidance = prepare_sampling(model, positive, negative, image, height, width)
         settings = SamplingSettings(height=height, width=width, frames=frames, fps=fps, steps=steps, cfg=cfg, eta=eta, seed=seed)
         progress = runtime.Progress(steps)
-        sampling_model = SimpleNamespace(unet=model.unet.model, preset=model.preset, schedule=model.schedule)
         latents = generate_latents(
-            sampling_model, cond, uncond, settings, callback=lambda i, x, x0: progress.update(i + 1, x0), echoreel=guidance
+            sampling_model(model), cond, uncond, settings, callback=lambda i, x, x0: progress.update(i + 1, x0), echoreel=guidance
         )
-        scale = model.preset.vae.scale_factor
-        samples = rearrange(latents.float().cpu() / scale, "b c t h w -> (b t) c h w")  # unscaled, frames as batch
+        samples = unscaled_frames(model, latents)
         runtime.check_interrupted()
         return (vae.decode(samples), {"samples": samples})
+
+
+def prepare_sampling(model, positive, negative, image, height, width):
+    """Load what sampling needs and build (cond, uncond, EchoReel guidance or None)."""
+    if model.preset.is_i2v and image is None:
+        raise ValueError(f"{model.preset.name} is an image-to-video model: connect an image")
+    if image is not None and not model.preset.is_i2v:
+        raise ValueError(f"{model.preset.name} is a text-to-video model: disconnect the image")
+    patchers = [model.unet] + ([model.image] if model.image is not None else [])
+    if model.echoreel is not None:
+        patchers.append(model.echoreel.weights)
+    runtime.load_to_device(*patchers)
+    cond, uncond = text_context(positive, "positive"), text_context(negative, "negative")
+    if model.preset.is_i2v:
+        cond = torch.cat([cond, image_tokens(model, image, height, width).cpu().float()], dim=1)
+        uncond = torch.cat([uncond, image_tokens(model, None, height, width).cpu().float()], dim=1)
+    guidance = None
+    if model.echoreel is not None:
+        applied = model.echoreel
+        guidance = EchoReelGuidance(applied.weights.model, applied.features, applied.strength, applied.start, applied.end)
+    return cond, uncond, guidance
+
+
+def sampling_model(model) -> SimpleNamespace:
+    """What the core samplers use of a model: the UNet, the preset and the schedule."""
+    return SimpleNamespace(unet=model.unet.model, preset=model.preset, schedule=model.schedule)
+
+
+def unscaled_frames(model, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled (b, 4, t, h, w) -> ComfyUI LATENT samples: unscaled SD latents, frames as batch."""
+    return rearrange(latents.float().cpu() / model.preset.vae.scale_factor, "b c t h w -> (b t) c h w")
+
+
+class LongVideoSampler:
+    DESCRIPTION = (
+        "Samples a long video clip by clip with Reuse-and-Diffuse (VidRD): each clip continues the last one "
+        "through reversed noise (FNR), past-dependent noise (PNS) and staged guidance of its first frames "
+        "(DSG). Clips are decoded as soon as they are sampled. EchoReel applied to the model acts on every clip."
+    )
+    CATEGORY = "EchoReel/sampling"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("IMAGE", "LATENT")
+    RETURN_NAMES = ("frames", "latent")
+    OUTPUT_TOOLTIPS = (
+        "All clips' decoded frames (clips x frames, minus the overlaps when drop_overlap is on).",
+        "Unscaled SD-VAE latents of all clips, frames as batch.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        spec = VideoCrafterSampler.INPUT_TYPES()
+        spec["required"]["frames"] = ("INT", {"default": 16, "min": 2, "max": 256, "tooltip": "Frames per clip (the models were trained on 16)."})
+        spec["required"].update({
+            "clips": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "How many clips to chain."}),
+            "overlap": ("INT", {"default": 4, "min": 0, "max": 255, "tooltip": "M: frames of each clip guided by the previous clip (4 as VidRD)."}),
+            "alpha": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Past-dependent noise: how much of the previous clip's reversed noise is reused (4 as VidRD)."}),
+            "beta": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Staged guidance: the fraction of the steps the first frames follow the previous clip (0.4 as VidRD)."}),
+            "drop_overlap": ("BOOLEAN", {"default": False, "tooltip": "Drop the guided first frames of every clip after the first (off: keep them, as official)."}),
+        })
+        return spec
+
+    def sample(self, model, positive, negative, vae, width, height, frames, fps, steps, cfg, eta, seed,
+               clips, overlap, alpha, beta, drop_overlap, image=None):
+        cond, uncond, guidance = prepare_sampling(model, positive, negative, image, height, width)
+        settings = SamplingSettings(height=height, width=width, frames=frames, fps=fps, steps=steps, cfg=cfg, eta=eta, seed=seed)
+        progress = runtime.Progress(clips * steps)
+        decoded, latents = [], []
+
+        def decode_clip(k: int, clip: torch.Tensor) -> None:  # as soon as a clip is sampled
+            samples = unscaled_frames(model, clip)
+            latents.append(samples)
+            decoded.append(vae.decode(samples).cpu())
+
+        generate_long_latents(
+            sampling_model(model), [cond] * clips, uncond, settings, overlap, alpha, beta, drop_overlap, guidance,
+            callback=lambda i, x, x0: progress.update(i + 1, x0), decode_clip=decode_clip,
+        )
+        runtime.check_interrupted()
+        return (torch.cat(decoded), {"samples": torch.cat(latents)})

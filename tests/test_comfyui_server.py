@@ -38,6 +38,7 @@ API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*.json"))
 TINY = {
     "EchoReel_LoadReferenceVideo": {"frames": 4, "width": 32, "height": 32},
     "EchoReel_VideoCrafterSampler": {"frames": 4, "width": 32, "height": 32, "steps": 3, "cfg": 7.5, "seed": 5},
+    "EchoReel_LongVideoSampler": {"frames": 4, "width": 32, "height": 32, "steps": 3, "cfg": 7.5, "seed": 5, "clips": 2, "overlap": 2},
 }
 
 
@@ -232,7 +233,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
 def test_every_node_is_registered(server):
     info = server.get("/object_info")
     ours = {k: v for k, v in info.items() if k.startswith("EchoReel_")}
-    assert len(ours) == 7
+    assert len(ours) == 8
     assert all(v["category"].startswith("EchoReel") and v["description"] for v in ours.values())
 
 
@@ -256,7 +257,8 @@ def test_api_workflow_runs(server, api_path):
     assert saves
     for node_id in saves:
         frames = server.frames(entry, node_id)
-        assert frames.shape == (4, 32, 32, 3)
+        sampler = prompt[prompt[node_id]["inputs"]["images"][0]]["inputs"]
+        assert frames.shape == (sampler["frames"] * sampler.get("clips", 1), 32, 32, 3)
         assert (server.base / "output" / entry["outputs"][node_id]["images"][0]["filename"]).is_file()
         assert frames.std() > 0
 

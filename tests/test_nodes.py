@@ -119,3 +119,17 @@ def test_bad_inputs_give_clear_errors(nodes):
     small, _, _ = nodes["EchoReel_LoadReferenceVideo"].load("reference.mp4", 4, 4, 0, 16, 16, "crop")
     with pytest.raises(ValueError, match="need 32x32"):
         nodes["EchoReel_ActionPrismEncode"].encode(lvdm_echoreel, vae, small, positive, positive, positive, 0, "mean")
+
+
+def test_long_video_sampler_chains_clips(nodes):
+    model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].load(LVDM_FILE, "auto")
+    positive, negative = encode(nodes, text_encoder, "a red circle"), encode(nodes, text_encoder, "")
+    long_sampler = nodes["EchoReel_LongVideoSampler"]
+    common = (positive, negative, vae, 32, 32, 4, 8, 3, 7.5, 1.0, 5)
+    images, latent = long_sampler.sample(model, *common, 3, 2, 4.0, 0.4, False)
+    assert images.shape == (12, 32, 32, 3) and latent["samples"].shape == (12, 4, 16, 16)
+    dropped, _ = long_sampler.sample(model, *common, 3, 2, 4.0, 0.4, True)
+    assert dropped.shape == (3 * 4 - 2 * 2, 32, 32, 3)
+    one_clip, _ = long_sampler.sample(model, *common, 1, 2, 4.0, 0.4, False)
+    single, _ = nodes["EchoReel_VideoCrafterSampler"].sample(model, *common)
+    assert torch.equal(one_clip, single)  # one clip is the ordinary sampler
