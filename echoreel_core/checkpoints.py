@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .detect import UnknownModelError, detect_family, detect_preset
+from .files import atomic_write
 from .models.video_model import VideoModel, component_prefixes
 from .presets import ModelPreset
 
@@ -173,7 +174,7 @@ def load_video_model(
 
 
 def save_video_model(model: VideoModel, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write a VideoModel as safetensors in the official key names, with its preset as metadata."""
+    """Write a VideoModel as safetensors in the official key names, with its preset as metadata, atomically."""
     path = Path(path)
     tensors = {}
     for attribute, prefix in component_prefixes(model.preset).items():
@@ -191,8 +192,5 @@ def save_video_model(model: VideoModel, path: str | Path, dtype: torch.dtype | N
         "dtype": next(name for name, d in DTYPES.items() if d == stored),
         "preset": model.preset.to_json(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 

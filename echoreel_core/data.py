@@ -34,8 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import secrets
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .files import atomic_write
 from .video_io import VideoReadError, frames_to_model_input, read_video_frames
 
 log = logging.getLogger(__name__)
@@ -221,13 +220,8 @@ class TensorCache:
     def put(self, kind: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
         path = self.path(kind, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 @dataclass(frozen=True)

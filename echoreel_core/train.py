@@ -5,6 +5,9 @@
     torchrun --nproc_per_node 4 -m echoreel_core.train --config lvdm ...     # one node, 4 GPUs
     python -m echoreel_core.train --config runs/lvdm/config.yaml --resume latest
 
+This module is the trainer and the command line; the configuration (schema, presets, --help
+text) is train_config.py, processes and seeds are distributed.py, checkpoints train_state.py.
+
 What it does, as the official training (docs: echoreel-official.md section 4) unless noted:
 - The base model (UNet, VAE, text encoder) is frozen; only the EchoReel Prism and integration
   layers train. Their dead official parts (the Sout head, `video_inject_attn3`,
@@ -47,252 +50,39 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import dataclasses
-import hashlib
 import logging
 import os
-import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 from .checkpoints import DTYPES, CheckpointError, load_video_model
 from .data import (CacheKeys, Clip, DatasetError, Entry, PairDataset, Sample, Skip, StreamSampler, TensorCache,
                    VideoSpec, collate, fingerprint, load_entries)
+from .distributed import DistInfo, gather_objects, init_distributed, is_distributed, sample_seed, seed_globals
 from .echoreel.features import Reference, action_features, encode_reference
 from .echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
+from .files import temporaries
 from .models import unet_lvdm, unet_videocrafter
 from .models.video_model import VideoModel
 from .pipeline import EchoReelGuidance, SamplingSettings, image_to_video, text_to_video
+from .train_config import ConfigError, key_help, load_config, preset_configs
 from .train_state import (TrainStateError, load_checkpoint, remove_stale_temporaries, resolve_checkpoint,
                           rng_state, save_checkpoint, set_rng_state)
 from .video_io import VideoReadError, frames_to_model_input, read_video_frames, stack_side_by_side, write_video
 from . import train_state
 
 log = logging.getLogger("echoreel_core.train")
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-PRECISIONS = ("fp32", "bf16", "fp16")
 DEAD_PARAMETERS = ("latent_to_S.", ".video_inject_attn3.", ".video_inject_norm6.")  # official, never computed
-
-
-# ---- configuration ---------------------------------------------------------------------------
-
-def _opt(default: Any, help: str, factory=None):
-    """A config field with its --help line."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class ModelSection:
-    checkpoint: Optional[str] = _opt(None, "base model file (.ckpt/.pt/.safetensors), loaded strictly, frozen")
-    expect: Optional[str] = _opt(None, "refuse a base model whose preset name does not start with this")
-    dtype: Optional[str] = _opt(None, "frozen base weights: fp32|bf16|fp16 (null: fp32, or the precision's dtype)")
-    fps: Optional[int] = _opt(None, "fps condition of fps-conditioned models (null: the model's sampling default)")
-
-
-@dataclass
-class DataSection:
-    json: Optional[str] = _opt(None, "dataset JSON: [{input_text, gt_video_path, inject_text, inject_video_path}]")
-    frames: int = _opt(16, "frames per clip (official 16)")
-    stride: int = _opt(4, "frame stride (official 4)")
-    start: int = _opt(0, "first frame (official 0)")
-    height: Optional[int] = _opt(None, "clip height in pixels (null: the model's)")
-    width: Optional[int] = _opt(None, "clip width in pixels (null: the model's)")
-    resize_mode: str = _opt("squash", "squash (official: aspect ratio not kept) | crop")
-    short_videos: str = _opt("official", "official (skip targets < frames, else repeat last frame) | repeat | skip")
-    num_workers: int = _opt(2, "DataLoader worker processes per rank (0: load in the main process)")
-    cache: bool = _opt(False, "cache VAE posteriors, text contexts (and I2V image tokens) on disk")
-    cache_dir: Optional[str] = _opt(None, "cache folder (null: <output_dir>/cache)")
-    cache_dtype: str = _opt("fp32", "dtype of cached tensors: fp32 (exact) | fp16 | bf16 (half the disk)")
-
-
-@dataclass
-class EchoReelSection:
-    init: Optional[str] = _opt(None, "start from these EchoReel weights (ours or the official checkpoint.pt)")
-    prism: Dict[str, Any] = _opt(None, "Prism overrides, e.g. echoreel.prism.layers=8 (ActionPrismConfig fields)", dict)
-    export_dtype: str = _opt("fp32", "dtype of the exported echoreel.safetensors: fp32|fp16|bf16")
-
-
-@dataclass
-class OptimSection:
-    lr: float = _opt(1e-4, "AdamW learning rate (official 1e-4)")
-    betas: List[float] = _opt(None, "AdamW betas (official [0.9, 0.9])", lambda: [0.9, 0.9])
-    weight_decay: float = _opt(0.03, "decoupled weight decay (official 0.03)")
-    eps: float = _opt(1e-8, "AdamW eps")
-    warmup_steps: int = _opt(0, "linear learning-rate warmup steps (official 0)")
-    grad_clip: Optional[float] = _opt(None, "clip the gradient norm to this (null: off, as official)")
-
-
-@dataclass
-class TrainSection:
-    output_dir: Optional[str] = _opt(None, "where checkpoints, logs, exports and validation videos go")
-    batch_size: int = _opt(4, "samples per micro-batch per process")
-    grad_accumulation: int = _opt(1, "micro-batches per optimizer step")
-    max_steps: int = _opt(20000, "optimizer steps to train for (in total, across resumes)")
-    precision: str = _opt("fp32", "fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)")
-    gradient_checkpointing: bool = _opt(False, "recompute UNet blocks and Prism layers in backward (less memory)")
-    seed: int = _opt(42, "seed: data order, noise, initialisation (official 42)")
-    save_every: int = _opt(1500, "save a checkpoint every N steps (official 1500; also at the end)")
-    keep_checkpoints: int = _opt(2, "training checkpoints kept (0: all)")
-    log_every: int = _opt(1, "write a CSV/TensorBoard row every N steps")
-    device: str = _opt("auto", "auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
-    resume: Optional[str] = _opt(None, "latest | auto (latest if any) | a checkpoint path (also --resume)")
-
-
-@dataclass
-class ValidationSection:
-    every: int = _opt(200, "sample validation videos every N steps (official 200; 0: never)")
-    json: Optional[str] = _opt(None, "validation JSON (null: every (n/20)-th training entry, as official)")
-    num_samples: int = _opt(2, "validation entries per round")
-    steps: int = _opt(25, "DDIM steps of validation sampling")
-    cfg: Optional[float] = _opt(None, "guidance scale (null: the model's default)")
-    eta: float = _opt(1.0, "DDIM eta (official 1.0)")
-    seed: int = _opt(123, "sampling seed")
-    strength: float = _opt(1.0, "EchoReel strength")
-    negative_prompt: str = _opt("", "negative prompt")
-    format: str = _opt("mp4", "mp4 | gif")
-    video_fps: int = _opt(8, "fps of the written validation videos")
-
-
-@dataclass
-class TrainConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    echoreel: EchoReelSection = field(default_factory=EchoReelSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    validation: ValidationSection = field(default_factory=ValidationSection)
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key."""
-
-
-def preset_configs() -> dict[str, Path]:
-    """Shipped presets by short name: lvdm, videocrafter2, videocrafter1_t2v, videocrafter1_i2v."""
-    return {p.stem.removeprefix("train_"): p for p in sorted(CONFIG_DIR.glob("train_*.yaml"))}
-
-
-def load_config(config: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """Defaults <- the preset or YAML file <- key=value overrides, checked against the schema."""
-    layers = [OmegaConf.structured(TrainConfig)]
-    if config is not None:
-        path = preset_configs().get(str(config).removeprefix("train_").replace("-", "_"), Path(config))
-        if not path.is_file():
-            raise ConfigError(f"--config {config}: neither a preset ({', '.join(preset_configs())}) nor a YAML file")
-        layers.append(OmegaConf.load(path))
-    try:
-        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
-        cfg = OmegaConf.merge(*layers)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"bad configuration: {error}".splitlines()[0] + _hint(error)) from error
-    validate_config(cfg)
-    return cfg
-
-
-def _hint(error: OmegaConfBaseException) -> str:
-    key = getattr(error, "full_key", None)
-    return f" (key {key}; see --help for the keys)" if key else " (see --help for the keys)"
-
-
-def validate_config(cfg: DictConfig) -> None:
-    checks = [
-        (cfg.train.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
-        (cfg.model.dtype in (None, *DTYPES), f"model.dtype must be null or one of {tuple(DTYPES)}"),
-        (cfg.echoreel.export_dtype in DTYPES, f"echoreel.export_dtype must be one of {tuple(DTYPES)}"),
-        (cfg.data.cache_dtype in DTYPES, f"data.cache_dtype must be one of {tuple(DTYPES)}"),
-        (len(cfg.optim.betas) == 2, "optim.betas must be two numbers"),
-        (cfg.train.batch_size >= 1 and cfg.train.grad_accumulation >= 1 and cfg.train.max_steps >= 1,
-         "train.batch_size, train.grad_accumulation and train.max_steps must be at least 1"),
-        (cfg.train.save_every >= 1, "train.save_every must be at least 1"),
-        (cfg.validation.format in ("mp4", "gif"), "validation.format must be mp4 or gif"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-    base_dtype = cfg.model.dtype
-    if base_dtype not in (None, "fp32") and base_dtype != cfg.train.precision:
-        raise ConfigError(f"model.dtype={base_dtype} needs train.precision={base_dtype} (autocast in that dtype)")
-
-
-def key_help() -> str:
-    """One line per config key, for --help."""
-    lines = ["configuration keys (key=value on the command line; defaults before any preset):"]
-    for section in dataclasses.fields(TrainConfig):
-        for f in dataclasses.fields(section.default_factory):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            shown = {None: "null", True: "true", False: "false"}.get(default, default) if not isinstance(default, (list, dict)) else default
-            lines.append(f"  {section.name}.{f.name} [{shown}]: {f.metadata['help']}")
-    lines.append(f"presets for --config: {', '.join(preset_configs())}")
-    return "\n".join(lines)
-
-
-# ---- processes and devices ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local, dev)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _gather(obj) -> list:
-    """Every rank's `obj` (on every rank); [obj] when not distributed."""
-    if not _distributed():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def sample_seed(seed: int, position: int) -> int:
-    """The seed of one sample's randomness: fixed by the run seed and its global stream position."""
-    digest = hashlib.blake2b(f"{seed}/{position}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def seed_globals(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # ---- the trained module ----------------------------------------------------------------------
@@ -481,7 +271,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "echoreel.safetensors.tmp").unlink(missing_ok=True)  # an export cut short
+        for tmp in temporaries(self.out, "echoreel.safetensors"):  # an export cut short
+            tmp.unlink(missing_ok=True)
         removed = remove_stale_temporaries(self.ckpt_dir)
         if removed:
             log.info("removed %d temporary file(s) left by an interrupted save", removed)
@@ -626,7 +417,7 @@ class Trainer:
         self.step += 1
         self.position += self.global_batch
         loss = total / len(micro_batches)
-        if _distributed():
+        if is_distributed():
             dist.all_reduce(loss)
             loss /= dist.get_world_size()
         self.last_loss = float(loss)
@@ -645,8 +436,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": _gather(rng_state()),  # one per rank
-            "skipped": sorted({i for ranks in _gather(sorted(self.skipped)) for i in ranks}),
+            "rng": gather_objects(rng_state()),  # one per rank
+            "skipped": sorted({i for ranks in gather_objects(sorted(self.skipped)) for i in ranks}),
             "world_size": self.dist.world_size,
             "config": OmegaConf.to_yaml(self.cfg),
         }
@@ -798,7 +589,7 @@ class Trainer:
 
     def finish(self) -> TrainResult:
         skipped = {}
-        for part in _gather(self.skipped):
+        for part in gather_objects(self.skipped):
             skipped.update(part)
         if self.dist.is_main:
             kinds = {}
@@ -809,7 +600,7 @@ class Trainer:
                      f" ({detail})" if detail else "")
             if self.writer is not None:
                 self.writer.close()
-        if _distributed():
+        if is_distributed():
             dist.barrier()
         return TrainResult(self.step, self.last_loss, skipped, self.total_entries)
 

@@ -1,7 +1,7 @@
 """Training checkpoints on disk: atomic writes, the `latest` pointer, RNG states, safe loading.
 
-A checkpoint is written to a temporary file in the same folder, flushed and fsync'ed, and moved
-into place with os.replace (atomic on POSIX and Windows); only then is the `latest` pointer, a
+A checkpoint is written with files.atomic_write (a temporary file in the same folder, fsync'ed,
+moved into place with os.replace: atomic on POSIX and Windows); only then is the `latest` pointer, a
 one-line text file, replaced the same way. A process killed at any moment therefore leaves
 `latest` naming a complete checkpoint (or no `latest` at all before the first save), never a
 partial one; stray temporary files are removed at the next start.
@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 import random
 import re
-import secrets
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+
+from .files import atomic_write, temporaries
 
 LATEST = "latest"
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -55,35 +57,13 @@ class _SlowFile:
         self.f.flush()
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable; folders cannot be opened for fsync on Windows, where it is skipped."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(file) on a temporary file next to `path`, fsync it, then os.replace it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    delay = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
-    try:
+def _to_file(write) -> Callable[[Path], None]:
+    """An atomic_write callback that opens the temporary file and calls write(file) on it."""
+    def callback(tmp: Path) -> None:
+        delay = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
         with open(tmp, "wb") as f:
             write(_SlowFile(f, delay) if delay > 0 else f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+    return callback
 
 
 def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
@@ -91,8 +71,8 @@ def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / checkpoint_name(step)
-    atomic_write(path, lambda f: torch.save(state, f))
-    atomic_write(folder / LATEST, lambda f: f.write(f"{path.name}\n".encode()))
+    atomic_write(path, _to_file(lambda f: torch.save(state, f)))
+    atomic_write(folder / LATEST, _to_file(lambda f: f.write(f"{path.name}\n".encode())))
     if keep > 0:
         steps = sorted(int(m.group(1)) for p in folder.iterdir() if (m := CHECKPOINT_NAME.match(p.name)))
         for old in steps[:-keep]:
@@ -103,10 +83,7 @@ def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path
 
 def remove_stale_temporaries(folder: Path) -> int:
     """Delete temporary files that a killed save left behind; returns how many."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    stale = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+    stale = temporaries(folder)
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,6 +22,8 @@ from fractions import Fraction
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .files import atomic_write
 
 
 class VideoReadError(ValueError):
@@ -309,19 +310,16 @@ def write_video(path, frames: torch.Tensor, fps: float) -> str:
         raise ValueError(f"{path}: fps must be a positive number, got {fps!r}")
     arrays = to_uint8(frames.detach().cpu()).numpy()  # (t, h, w, 3) uint8
     rate = Fraction(fps).limit_denominator(1001)
-    # hidden unique name next to the target, so os.replace stays on one filesystem; FFmpeg
-    # creates it, so it gets the usual permissions (mkstemp would make it 0600)
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp{suffix}")
-    try:
-        with av.open(tmp, "w", format=suffix[1:]) as container:
+
+    def encode(tmp) -> None:
+        with av.open(str(tmp), "w", format=suffix[1:]) as container:
             if suffix == ".gif":
                 codec, (out, pix_fmt) = "gif", _gif_frames(arrays, rate)
             else:
                 codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
                 pad = ((0, 0), (0, arrays.shape[1] % 2), (0, arrays.shape[2] % 2), (0, 0))
-                arrays = np.pad(arrays, pad, mode="edge")  # (t, even h, even w, 3)
-                out = [av.VideoFrame.from_ndarray(a, format="rgb24") for a in arrays]
+                padded = np.pad(arrays, pad, mode="edge")  # (t, even h, even w, 3)
+                out = [av.VideoFrame.from_ndarray(a, format="rgb24") for a in padded]
                 pix_fmt = "yuv420p"
             stream = container.add_stream(codec, rate=rate)
             stream.width, stream.height, stream.pix_fmt = out[0].width, out[0].height, pix_fmt
@@ -333,11 +331,9 @@ def write_video(path, frames: torch.Tensor, fps: float) -> str:
                 f.pts, f.time_base = i, 1 / rate
                 container.mux(stream.encode(f))
             container.mux(stream.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    # the temporary file gets the usual permissions (not mkstemp's 0600) and ends in the suffix
+    atomic_write(path, encode, keep_suffix=True)
     return path
 
 

@@ -28,7 +28,8 @@ from echoreel_core.echoreel.features import Reference, prism_tokens
 from echoreel_core.echoreel.weights import load_echoreel
 from echoreel_core.models.video_model import VideoModel
 from echoreel_core.presets import tiny_preset
-from echoreel_core.train import ConfigError, Trainer, key_help, load_config, main, preset_configs, train
+from echoreel_core.train import Trainer, main, train
+from echoreel_core.train_config import ConfigError, key_help, load_config, preset_configs
 from echoreel_core.train_state import SLOW_SAVE_ENV, load_checkpoint, resolve_checkpoint
 from echoreel_core.video_io import probe_video, write_video
 

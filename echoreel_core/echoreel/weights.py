@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from ..checkpoints import CheckpointError, read_state_dict
 from ..detect import UNET, UnknownModelError, detect_preset
+from ..files import atomic_write
 from ..models.unet_lvdm import LVDMUNet
 from ..models.unet_videocrafter import VideoCrafterUNet
 from ..presets import ModelPreset
@@ -190,7 +191,4 @@ def save_echoreel(echoreel: EchoReel, path: str | Path, dtype: torch.dtype | Non
         "dtype": str(stored).removeprefix("torch."),
         "config": echoreel.config.to_json(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
