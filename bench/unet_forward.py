@@ -72,7 +72,7 @@ def main() -> None:
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     print(f"device {device}, {args.dtype}, {args.frames} frames at {args.height}x{args.width_px}, "
           f"model_channels {args.width or 320}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"| family | naive ms | SDPA ms | naive / SDPA |\n|---|---|---|---|")
+    print("| family | naive ms | SDPA ms | naive / SDPA |\n|---|---|---|---|")
     for name in args.families:
         torch.manual_seed(0)
         unet = build_unet(name, args.width, device, dtype)

@@ -15,7 +15,6 @@ from .models.autoencoder import AutoencoderConfig
 from .models.image_encoders import OpenCLIPVisionConfig, ResamplerConfig
 from .models.text_encoders import CLIPTextConfig, OpenCLIPTextConfig
 from .models.unet_lvdm import LVDMUNetConfig
-from .models.unet_videocrafter import VideoCrafterUNetConfig
 from .presets import PRESETS, ModelPreset
 
 UNET = "model.diffusion_model."

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from tiny import tiny_model
 
 from echoreel_core.attention import relative_attention
 from echoreel_core.checkpoints import CheckpointError
@@ -17,7 +18,7 @@ from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig, load_echore
 from echoreel_core.models.video_model import VideoModel, component_prefixes
 from echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents, guided_denoiser
 from echoreel_core.sampling.ddim import ddim_schedule, randn, sample_ddim
-from echoreel_core.presets import PRESETS, tiny_preset
+from echoreel_core.presets import PRESETS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LVDM_SITES = [f"input_blocks.{i}.1" for i in (1, 2, 4, 5, 7, 8)] + ["middle_block.1"] + [
@@ -53,13 +54,6 @@ def test_lvdm_echoreel_keys_and_sizes_match_official():
 
 # ---- tiny models ------------------------------------------------------------------------------
 
-def tiny_base(name: str = "lvdm-short-t2v") -> VideoModel:
-    torch.manual_seed(0)
-    model = VideoModel(tiny_preset(name)).eval()
-    for p in model.unet.parameters():
-        p.data.normal_(0, 0.05)
-    return model
-
 
 def tiny_echoreel(model: VideoModel, trained: bool = True) -> EchoReel:
     config = EchoReelConfig.for_preset(
@@ -88,7 +82,7 @@ def unet_inputs(model: VideoModel, b: int = 1):
 
 
 def test_zero_initialised_echoreel_is_exactly_the_base():
-    model = tiny_base()
+    model = tiny_model("lvdm-short-t2v")
     echoreel = tiny_echoreel(model, trained=False)
     x, t, context = unet_inputs(model)
     with torch.no_grad():
@@ -101,7 +95,7 @@ def test_zero_initialised_echoreel_is_exactly_the_base():
 
 @pytest.mark.parametrize("name", ["lvdm-short-t2v", "videocrafter2-t2v-512"])
 def test_detach_restores_the_base_bit_identically(name):
-    model = tiny_base(name)
+    model = tiny_model(name)
     echoreel = tiny_echoreel(model)
     x, t, context = unet_inputs(model)
     keys_before = list(model.unet.state_dict())
@@ -118,7 +112,7 @@ def test_detach_restores_the_base_bit_identically(name):
 
 
 def test_strength_zero_is_the_base_and_strength_scales_the_residual():
-    model = tiny_base()
+    model = tiny_model("lvdm-short-t2v")
     echoreel = tiny_echoreel(model)
     x, t, context = unet_inputs(model)
     tokens = prism_tokens(echoreel, context, [reference(model, 0)])
@@ -135,7 +129,7 @@ def test_strength_zero_is_the_base_and_strength_scales_the_residual():
 
 def test_each_sample_attends_only_to_its_own_reference():
     """The official `repeat` mixes references across a batch; ours equals per-sample runs."""
-    model = tiny_base()
+    model = tiny_model("lvdm-short-t2v")
     echoreel = tiny_echoreel(model)
     x, t, context = unet_inputs(model, b=2)
     refs = [reference(model, 10), reference(model, 11)]
@@ -155,7 +149,7 @@ def test_each_sample_attends_only_to_its_own_reference():
 def test_two_copies_of_one_reference_equal_the_single_reference():
     """Each reference keeps frame positions 0..t-1, so a duplicated reference splits every softmax
     weight in two and leaves the output unchanged: the position handling aligns references."""
-    model = tiny_base()
+    model = tiny_model("lvdm-short-t2v")
     echoreel = tiny_echoreel(model)
     x, t, context = unet_inputs(model)
     ref = reference(model, 0)
@@ -171,7 +165,7 @@ def test_two_copies_of_one_reference_equal_the_single_reference():
 
 
 def test_multi_reference_path_with_one_reference_is_the_plain_prism_call():
-    model = tiny_base()
+    model = tiny_model("lvdm-short-t2v")
     echoreel = tiny_echoreel(model)
     _, _, context = unet_inputs(model)
     ref = reference(model, 0)
@@ -190,7 +184,7 @@ def guidance(model, echoreel, **kwargs) -> EchoReelGuidance:
 
 
 def test_cached_features_equal_recomputing_the_prism_at_every_call():
-    model = tiny_base()
+    model = tiny_model("lvdm-short-t2v")
     echoreel = tiny_echoreel(model)
     guide, prompt, negative = guidance(model, echoreel)
     with torch.no_grad():
@@ -215,7 +209,7 @@ def test_cached_features_equal_recomputing_the_prism_at_every_call():
 
 
 def test_start_end_window_is_respected():
-    model = tiny_base()
+    model = tiny_model("lvdm-short-t2v")
     echoreel = tiny_echoreel(model)
     calls = []
     handle = echoreel.integration[0].register_forward_hook(lambda *args: calls.append(1))
@@ -234,7 +228,7 @@ def test_start_end_window_is_respected():
 
 
 def test_weights_for_another_family_or_size_are_refused():
-    lvdm, vc2 = tiny_base("lvdm-short-t2v"), tiny_base("videocrafter2-t2v-512")
+    lvdm, vc2 = tiny_model("lvdm-short-t2v"), tiny_model("videocrafter2-t2v-512")
     echoreel = tiny_echoreel(lvdm)
     with pytest.raises(ValueError, match=r"for lvdm \(16|for lvdm .*the model is videocrafter2-t2v-512"):
         echoreel.attach(vc2.preset, vc2.unet)
@@ -289,7 +283,7 @@ def official_deepspeed_checkpoint(path: pathlib.Path, model: VideoModel, echoree
 
 
 def test_official_deepspeed_checkpoint_loads_and_converts(tmp_path):
-    model = tiny_base()
+    model = tiny_model("lvdm-short-t2v")
     echoreel = tiny_echoreel(model)
     # the official LVDM is square: give the tiny Prism the square latent its keys describe
     path = tmp_path / "checkpoint.pt"
@@ -323,7 +317,7 @@ def test_official_deepspeed_checkpoint_loads_and_converts(tmp_path):
 
 
 def test_safetensors_round_trip_and_missing_keys(tmp_path):
-    model = tiny_base()
+    model = tiny_model("lvdm-short-t2v")
     echoreel = tiny_echoreel(model)
     path = save_echoreel(echoreel, tmp_path / "e.safetensors")
     again = load_echoreel(path)

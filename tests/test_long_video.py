@@ -9,13 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny import tiny_model
 
 from echoreel_core.echoreel.features import Reference, action_features
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig
 from echoreel_core.long_pipeline import generate_long_latents, long_image_to_video, long_text_to_video
 from echoreel_core.models.video_model import VideoModel
 from echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents, image_to_video, text_to_video
-from echoreel_core.presets import tiny_preset
 from echoreel_core.sampling.ddim import ddim_schedule, randn, sample_ddim
 from echoreel_core.sampling.long_video import dsg_window, fnr_pns_noise, sample_long_video
 from echoreel_core.sampling.schedule import NoiseSchedule, official_alphas_cumprod
@@ -182,13 +182,6 @@ def test_bad_parameters_are_refused(kwargs, message):
 
 SETTINGS = SamplingSettings(height=16, width=16, frames=4, fps=8, steps=2, cfg=7.5, seed=3)  # 2 DDIM steps: t = 501, 1
 
-
-def tiny_model(name: str) -> VideoModel:
-    torch.manual_seed(0)
-    model = VideoModel(tiny_preset(name)).eval()
-    for p in model.unet.parameters():
-        p.data.normal_(0, 0.05)
-    return model
 
 
 def test_one_clip_equals_text_to_video_and_image_to_video():

@@ -8,22 +8,14 @@ import sys
 
 import pytest
 import torch
+from tiny import tiny_model
 
-from echoreel_core.models.video_model import VideoModel
 from echoreel_core.pipeline import SamplingSettings, image_to_video, text_to_video
-from echoreel_core.presets import tiny_preset
 from echoreel_core.video_io import probe_video
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SETTINGS = SamplingSettings(height=64, width=64, frames=4, fps=8, steps=4, cfg=7.5, seed=7)
 
-
-def tiny_model(name: str) -> VideoModel:
-    torch.manual_seed(0)
-    model = VideoModel(tiny_preset(name)).eval()
-    for p in model.unet.parameters():
-        p.data.normal_(0, 0.05)
-    return model
 
 
 def test_text_to_video_is_seeded_and_reports_every_step():

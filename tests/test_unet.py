@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import tiny_model
 
 from echoreel_core.attention import relative_attention, sdpa_attention
 from echoreel_core.models.layers import Attention
 from echoreel_core.models.video_model import VideoModel, component_prefixes
 from echoreel_core.pipeline import guided_denoiser
-from echoreel_core.presets import PRESETS, tiny_preset
+from echoreel_core.presets import PRESETS
 
 # Official sizes (videocrafter.md §1.8, §2, §4; echoreel-official.md §3.3): keys, parameters.
 VAE = (248, 83_653_863)
@@ -71,13 +72,6 @@ def test_full_size_keys_and_parameters_match_official(name):
         assert tuple(unet[key].shape) == shape, key
 
 
-def _tiny(name: str, seed: int = 0) -> VideoModel:
-    torch.manual_seed(seed)
-    model = VideoModel(tiny_preset(name)).eval()
-    for p in model.unet.parameters():  # leave no zero-initialised layer hiding a wrong path
-        p.data.normal_(0, 0.05)
-    return model
-
 
 def _inputs(model: VideoModel, b: int = 2, t: int = 4):
     g = torch.Generator().manual_seed(1)
@@ -90,7 +84,7 @@ def _inputs(model: VideoModel, b: int = 2, t: int = 4):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_tiny_forward_shape_determinism_and_batching(name):
-    model = _tiny(name)
+    model = tiny_model(name)
     x, t, context = _inputs(model)
     fps = torch.tensor([28, 8])
     with torch.no_grad():
@@ -105,7 +99,7 @@ def test_tiny_forward_shape_determinism_and_batching(name):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_batched_cfg_equals_two_official_calls(name):
-    model = _tiny(name)
+    model = tiny_model(name)
     x, t, context = _inputs(model, b=1)
     cond, uncond = context, torch.randn_like(context)
     fps = torch.tensor([8])
@@ -120,7 +114,7 @@ def test_batched_cfg_equals_two_official_calls(name):
 
 
 def test_fps_conditioning_changes_the_output_only_when_configured():
-    vc2, vc1 = _tiny("videocrafter2-t2v-512"), _tiny("videocrafter1-t2v-512")
+    vc2, vc1 = tiny_model("videocrafter2-t2v-512"), tiny_model("videocrafter1-t2v-512")
     for model, should_change in ((vc2, True), (vc1, False)):
         x, t, context = _inputs(model, b=1)
         with torch.no_grad():
@@ -134,7 +128,7 @@ def test_fps_conditioning_changes_the_output_only_when_configured():
 def test_temporal_order_matters_only_through_temporal_layers():
     """Reversing the frames of the input reverses the output of a model with no temporal layers
     at all; VideoCrafter2's temporal convs make the output order-sensitive."""
-    model = _tiny("videocrafter2-t2v-512")
+    model = tiny_model("videocrafter2-t2v-512")
     x, t, context = _inputs(model, b=1)
     with torch.no_grad():
         out = model.unet(x, t, context, fps=8)
