@@ -214,7 +214,8 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         inputs, values = {}, list(node["widgets_values"])
         for name, spec in [(k, v) for group in ("required", "optional") for k, v in info.get(group, {}).items()]:
             kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
-            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+            # V1 nodes list combos as ([...], {}); V3 nodes (newest ComfyUI) as ("COMBO", {"options": [...]})
+            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
                 inputs[name] = values.pop(0)
                 if options.get("control_after_generate") or name in ("seed", "noise_seed"):
                     assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")

@@ -1,0 +1,4 @@
+"""Test-only stand-in for `torchaudio.functional` (see tests/comfyui_stubs/README.md)."""
+from _standin import module_getattr
+
+__getattr__ = module_getattr(__name__)
