@@ -324,7 +324,7 @@ def write_video(path, frames: torch.Tensor, fps: float) -> str:
             stream = container.add_stream(codec, rate=rate)
             stream.width, stream.height, stream.pix_fmt = out[0].width, out[0].height, pix_fmt
             if codec == "libx264":
-                stream.options = {"crf": "10"}
+                stream.options = {"crf": "10", "threads": "1"}  # one encoder thread: the same bytes every run
             elif codec == "mpeg4":
                 stream.bit_rate = max(2_000_000, int(out[0].width * out[0].height * rate * 2))
             for i, f in enumerate(out):

@@ -1,0 +1,2 @@
+"""The toy world: synthetic coloured-shape videos (`world`) and the measures that judge motion
+transfer on them (`metrics`). See docs/toy-world.md for the specification."""
