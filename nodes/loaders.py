@@ -67,6 +67,10 @@ class LoadVideoCrafterCheckpoint:
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, ckpt_name, **kwargs):
+        return runtime.validate_model_file("videocrafter", ckpt_name)
+
     def load(self, ckpt_name: str, dtype: str):
         path = runtime.model_path("videocrafter", ckpt_name)
         unet_dtype = runtime.weight_dtype(dtype, runtime.mm.get_torch_device())
@@ -98,6 +102,10 @@ class LoadEchoReel:
                 "echoreel_name": (runtime.model_files("echoreel"), {"tooltip": "A file in models/echoreel."}),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, echoreel_name, **kwargs):
+        return runtime.validate_model_file("echoreel", echoreel_name)
 
     def load(self, echoreel_name: str):
         echoreel = load_echoreel(runtime.model_path("echoreel", echoreel_name)).eval()

@@ -46,6 +46,15 @@ def model_path(kind: str, name: str) -> str:
     raise FileNotFoundError(f"{name}: not found in {folders}")
 
 
+def validate_model_file(kind: str, name: str) -> bool | str:
+    """For VALIDATE_INPUTS: True, or the message naming the file and the folders searched."""
+    try:
+        model_path(kind, name)
+    except FileNotFoundError as error:
+        return str(error)
+    return True
+
+
 def unet_patcher(module: torch.nn.Module) -> ModelPatcher:
     return ModelPatcher(module, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 

@@ -299,7 +299,7 @@ def test_interrupt_leaves_nothing_behind(server):
 def test_bad_inputs_fail_clearly_and_the_server_keeps_serving(server):
     base = load(WORKFLOWS / "api" / "echoreel_text_to_video.json")
     status, answer = server.post("/prompt", {"prompt": tiny(base, EchoReel_LoadVideoCrafterCheckpoint={"ckpt_name": "absent.safetensors"})})
-    assert status == 400 and "absent.safetensors" in json.dumps(answer)
+    assert status == 400 and "absent.safetensors: not found in models/videocrafter, models/checkpoints" in json.dumps(answer)
 
     broken = server.wait(server.queue(tiny(base, EchoReel_LoadReferenceVideo={"video": "broken.mp4"})))
     assert broken["status"]["status_str"] == "error"
