@@ -45,6 +45,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    parser.add_argument(
+        "--components", action="store_true",
+        help="time one batched CFG UNet call without and with EchoReel and one Prism pass, and derive "
+        "the ratio for --steps steps (for sizes too slow to sample whole runs on a CPU)",
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -90,6 +95,9 @@ def main() -> None:
         finally:
             attachment.detach()
 
+    if args.components:
+        return time_components(args, model, echoreel, preset, prompt, negative, reference, device, dtype)
+
     with torch.no_grad():
         run_cached()  # warm-up
         times = {name: timed(fn, device) for name, fn in (("base", run_base), ("cached", run_cached), ("recomputed", run_recomputed))}
@@ -98,6 +106,31 @@ def main() -> None:
     print("| run | seconds | / base |\n|---|---|---|")
     for name, seconds in times.items():
         print(f"| {name} | {seconds:.2f} | {seconds / times['base']:.2f}x |")
+
+
+@torch.no_grad()
+def time_components(args, model, echoreel, preset, prompt, negative, reference, device, dtype) -> None:
+    """One CFG step is one batched UNet call; a cached run adds two Prism passes once.
+    ratio(S) = (S * (unet + integration) + 2 * prism) / (S * unet)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, args.frames, 32, 32, generator=g).to(device, dtype)
+    t = torch.tensor([981, 981], device=device)
+    context = torch.cat([prompt, negative])
+    unet = lambda: model.unet(x, t, context)  # noqa: E731
+    unet()  # warm-up
+    base = timed(unet, device)
+    prism = timed(lambda: prism_tokens(echoreel, prompt, [reference]), device)
+    with echoreel.attach(preset, model.unet) as attachment:
+        attachment.bind(torch.cat([prism_tokens(echoreel, p, [reference]) for p in (prompt, negative)]), args.frames)
+        attached = timed(unet, device)
+    steps = args.steps
+    cached = (steps * attached + 2 * prism) / (steps * base)
+    recomputed = (steps * (attached + 2 * prism)) / (steps * base)
+    print(f"device {device}, {args.dtype}, LVDM UNet width {args.width}, Prism {args.prism_layers}x{args.prism_dim}, "
+          f"{args.frames} frames at 256x256, CFG batched")
+    print("| component | seconds |\n|---|---|")
+    print(f"| UNet call (cond + uncond) | {base:.2f} |\n| same call with EchoReel attached | {attached:.2f} |\n| one Prism pass | {prism:.2f} |")
+    print(f"derived for {steps} steps: cached {cached:.3f}x base, Prism recomputed in every call {recomputed:.2f}x base")
 
 
 if __name__ == "__main__":
