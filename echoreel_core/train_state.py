@@ -7,8 +7,8 @@ one-line text file, replaced the same way. A process killed at any moment theref
 partial one; stray temporary files are removed at the next start.
 
 Checkpoints hold only tensors and plain Python values, so they load with
-`torch.load(weights_only=True)`: RNG states are stored as tensors, tuples and ints. Nothing is
-ever loaded with weights_only=False.
+`torch.load(weights_only=True)`: RNG states are stored as tensors, tuples and ints. No pickle is
+ever loaded in the unrestricted mode.
 """
 
 from __future__ import annotations
