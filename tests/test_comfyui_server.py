@@ -264,7 +264,7 @@ def test_api_workflow_runs(server, api_path):
         assert frames.std() > 0
 
 
-def test_side_by_side_differs_and_each_half_is_deterministic(server):
+def test_side_by_side_halves_differ(server):
     prompt = tiny(load(WORKFLOWS / "api" / "echoreel_side_by_side.json"))
     entry = server.run(prompt)
     with_echoreel, without = server.frames(entry, "10"), server.frames(entry, "12")

@@ -127,6 +127,23 @@ def test_strength_zero_is_the_base_and_strength_scales_the_residual():
     assert not torch.equal(outputs[1.0], base)
 
 
+def test_echoreel_in_another_dtype_than_the_unet():
+    """A bf16 UNet with fp32 EchoReel weights (as the ComfyUI loaders may produce) runs, close to fp32."""
+    model = tiny_model("lvdm-short-t2v")
+    echoreel = tiny_echoreel(model)
+    x, t, context = unet_inputs(model)
+    tokens = prism_tokens(echoreel, context, [reference(model, 0)])
+    with torch.no_grad():
+        with echoreel.attach(model.preset, model.unet) as attachment:
+            attachment.bind(tokens, 4)
+            full = model.unet(x, t, context)
+            model.unet.to(torch.bfloat16)
+            attachment.bind(tokens.to(torch.bfloat16), 4)
+            half = model.unet(x.to(torch.bfloat16), t, context.to(torch.bfloat16))
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), full, atol=5e-2, rtol=5e-2)
+
+
 def test_each_sample_attends_only_to_its_own_reference():
     """The official `repeat` mixes references across a batch; ours equals per-sample runs."""
     model = tiny_model("lvdm-short-t2v")

@@ -125,9 +125,9 @@ def test_fps_conditioning_changes_the_output_only_when_configured():
         vc2.unet(*_inputs(vc2, b=1))
 
 
-def test_temporal_order_matters_only_through_temporal_layers():
-    """Reversing the frames of the input reverses the output of a model with no temporal layers
-    at all; VideoCrafter2's temporal convs make the output order-sensitive."""
+def test_frame_order_reaches_the_output():
+    """A model that treated frames independently would commute with reversing them; VideoCrafter2
+    (no relative positions) must not, through its temporal convolutions."""
     model = tiny_model("videocrafter2-t2v-512")
     x, t, context = _inputs(model, b=1)
     with torch.no_grad():

@@ -101,7 +101,8 @@ class SiteHook:
         self.values: torch.Tensor | None = None
 
     def bind(self, tokens: torch.Tensor) -> None:
-        self.keys, self.values = self.layer.project_reference(tokens)
+        """Project once, in the layer's own dtype (EchoReel may be kept in another dtype than the UNet)."""
+        self.keys, self.values = self.layer.project_reference(tokens.to(self.layer.video_inject_norm7.weight.dtype))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         state = self.attachment
@@ -114,8 +115,8 @@ class SiteHook:
                 f"the UNet batch holds {x.shape[0]} token rows, not a multiple of the "
                 f"{self.keys.shape[0]} bound reference feature sets"
             )
-        residual = self.layer(x, self.keys.to(x.dtype), self.values.to(x.dtype), state.key_positions)
-        return x + state.strength * residual
+        residual = self.layer(x.to(self.keys.dtype), self.keys, self.values, state.key_positions)  # no-op casts
+        return x + state.strength * residual.to(x.dtype)  # when EchoReel and the UNet share a dtype
 
 
 class Attachment:
