@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 
 import comfy.model_management as mm
 import comfy.utils
@@ -16,18 +17,34 @@ import folder_paths
 import torch
 from comfy.model_patcher import ModelPatcher
 
+from ..echoreel_core.toy.models import SHIPPED_DIR, TOY_REFERENCE_FILE
+
 MODEL_FOLDERS = {"videocrafter": ("videocrafter", "checkpoints"), "echoreel": ("echoreel",)}
 WEIGHT_EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth", ".sft"}
 
 
 def register_model_folders() -> None:
-    """models/videocrafter and models/echoreel, with the weight extensions listed."""
+    """models/videocrafter and models/echoreel, with the weight extensions listed, plus the pack's
+    shipped toy model in each, so that the example workflows run with nothing to download."""
     for name in ("videocrafter", "echoreel"):
         path = os.path.join(folder_paths.models_dir, name)
         if name not in folder_paths.folder_names_and_paths:
             folder_paths.add_model_folder_path(name, path)
         paths, extensions = folder_paths.folder_names_and_paths[name]
-        folder_paths.folder_names_and_paths[name] = (paths, set(extensions) | WEIGHT_EXTENSIONS)
+        shipped = str(SHIPPED_DIR / name)
+        folder_paths.folder_names_and_paths[name] = (
+            list(paths) + ([shipped] if shipped not in paths else []), set(extensions) | WEIGHT_EXTENSIONS
+        )
+
+
+def provide_example_input() -> None:
+    """Copy the toy reference video into ComfyUI's input folder once, if absent, so that the
+    example workflows find it and the upload widget previews it like any upload."""
+    source = SHIPPED_DIR / TOY_REFERENCE_FILE
+    target = os.path.join(folder_paths.get_input_directory(), source.name)
+    if source.is_file() and not os.path.exists(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(source, target)
 
 
 def model_files(kind: str) -> list[str]:

@@ -1,0 +1,273 @@
+"""Train the toy base model from scratch: first its VAE, then its UNet and text encoder together.
+
+The Action Prism and integration layers are trained afterwards by the project's own trainer
+(`python -m echoreel_core.train --config toy`); this module covers what that trainer leaves
+frozen. Both stages draw their clips straight from the world's seeded generator (an unbounded
+stream of the frames the dataset files hold, without their h264 coding) and run one small loop,
+`fit`: AdamW, linear warmup then cosine decay, gradient clipping and an EMA of the weights, which
+is what gets saved (a short from-scratch diffusion run samples far better from its EMA).
+
+    python -m echoreel_core.toy.pretrain vae  OUT/vae.safetensors
+    python -m echoreel_core.toy.pretrain base OUT/videocrafter2_toy.safetensors --vae OUT/vae.safetensors
+
+What each stage sees (`DEFAULT_SPLIT`):
+    VAE: single frames of clips of the Prism actions (a superset of the base actions; an image
+        autoencoder learns shapes and colours, not motion).
+    Base: clips of the base actions only (moving left/right/up/down); 25 % of captions drop the
+        action and 10 % are empty (classifier-free guidance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..checkpoints import save_video_model
+from ..files import atomic_write
+from ..models.autoencoder import AutoencoderConfig, AutoencoderKL
+from ..models.video_model import VideoModel
+from .models import TOY_PRESET
+from .world import DEFAULT_SPLIT, ClipSpec, Split, World, clip_caption, render, sample_clip
+
+log = logging.getLogger("echoreel.toy.pretrain")
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    steps: int
+    lr: float
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ema: float = 0.995
+    log_every: int = 50
+
+
+def fit(params: list[nn.Parameter], loss_fn: Callable[[int], torch.Tensor], schedule: Schedule,
+        name: str) -> list[torch.Tensor]:
+    """Minimise loss_fn(step) over `params`; returns the EMA of the parameters (same order)."""
+    optimizer = torch.optim.AdamW(params, lr=schedule.lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+    def lr_factor(step: int) -> float:
+        if step < schedule.warmup:
+            return (step + 1) / schedule.warmup
+        progress = (step - schedule.warmup) / max(1, schedule.steps - schedule.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine down to lr / 10
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    ema = [p.detach().clone() for p in params]
+    started, running, count = time.perf_counter(), 0.0, 0
+    for step in range(schedule.steps):
+        loss = loss_fn(step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{name}: the loss is {float(loss)} at step {step}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, schedule.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        decay = min(schedule.ema, (1 + step) / (10 + step))  # a short warmup of the average too
+        with torch.no_grad():
+            for average, p in zip(ema, params):
+                average.lerp_(p.detach(), 1 - decay)
+        running, count = running + float(loss.detach()), count + 1
+        if (step + 1) % schedule.log_every == 0 or step + 1 == schedule.steps:
+            seconds = time.perf_counter() - started
+            log.info("%s step %d/%d loss %.5f (%.2f s/step)", name, step + 1, schedule.steps, running / count,
+                     seconds / (step + 1))
+            running, count = 0.0, 0
+    return ema
+
+
+def _load_averages(params: list[nn.Parameter], averages: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, average in zip(params, averages):
+            p.copy_(average)
+
+
+# ---- data ------------------------------------------------------------------------------------------
+
+def clip_stream(seed: int, actions: tuple[str, ...], world: World) -> Callable[[], ClipSpec]:
+    """An endless seeded stream of clips whose actions cycle through `actions`."""
+    rng = random.Random(f"echoreel-toy/pretrain/{seed}")
+    counter = iter(range(sys.maxsize))
+    return lambda: sample_clip(rng, actions[next(counter) % len(actions)], world)
+
+
+def to_model_range(frames: torch.Tensor) -> torch.Tensor:
+    """(..., h, w, 3) in [0, 1] -> (..., 3, h, w) in [-1, 1]."""
+    return frames.movedim(-1, -3) * 2 - 1
+
+
+# ---- stage 1: the VAE ----------------------------------------------------------------------------
+
+VAE_SCHEDULE = Schedule(steps=1200, lr=1e-3, warmup=50)
+VAE_BATCH = 16
+KL_WEIGHT = 1e-6  # as SD's VAE: the posterior stays nearly deterministic, the latent well scaled
+
+
+def vae_loss(vae: AutoencoderKL, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """L1 + L2 reconstruction of (n, 3, H, W) frames through a posterior sample, plus a small KL."""
+    mean, logvar = vae.encode_frames(frames)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
+    recon = vae.decode_frames(z)
+    kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean()
+    return F.l1_loss(recon, frames) + F.mse_loss(recon, frames) + KL_WEIGHT * kl
+
+
+@torch.no_grad()
+def latent_scale(vae: AutoencoderKL, frames: torch.Tensor) -> float:
+    """1 / std of the posterior means: the scale factor that gives the diffusion model unit-variance
+    latents (SD's 0.18215 was measured the same way)."""
+    mean, _ = vae.encode_frames(frames)
+    return float(1.0 / mean.std())
+
+
+def train_vae(seed: int = 0, schedule: Schedule = VAE_SCHEDULE, world: World = World(),
+              split: Split = DEFAULT_SPLIT) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(TOY_PRESET.vae)
+    next_clip = clip_stream(seed, split.prism, world)
+    frame_rng = random.Random(f"echoreel-toy/vae-frames/{seed}")
+    generator = torch.Generator().manual_seed(seed)
+
+    def frames(n: int) -> torch.Tensor:
+        picked = [render(next_clip(), world)[frame_rng.randrange(world.frames)] for _ in range(n)]
+        return to_model_range(torch.stack(picked))  # (n, 3, H, W)
+
+    params = list(vae.parameters())
+    averages = fit(params, lambda step: vae_loss(vae, frames(VAE_BATCH), generator), schedule, "vae")
+    _load_averages(params, averages)
+    scale = latent_scale(vae, frames(256))
+    trained = AutoencoderKL(dataclasses.replace(TOY_PRESET.vae, scale_factor=round(scale, 5)))
+    trained.load_state_dict(vae.state_dict())
+    log.info("vae latent scale factor %.5f", scale)
+    return trained.eval()
+
+
+def save_vae(vae: AutoencoderKL, path: str | Path) -> Path:
+    tensors = {k: v.contiguous() for k, v in vae.state_dict().items()}
+    metadata = {"format": "echoreel-toy-vae", "config": json_config(vae.config)}
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def json_config(config) -> str:
+    import json
+
+    return json.dumps(dataclasses.asdict(config))
+
+
+def load_vae(path: str | Path) -> AutoencoderKL:
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata() or {}
+    if metadata.get("format") != "echoreel-toy-vae":
+        raise ValueError(f"{path}: not a toy VAE written by `python -m echoreel_core.toy.pretrain vae`")
+    fields = json.loads(metadata["config"])
+    vae = AutoencoderKL(AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}))
+    vae.load_state_dict(load_file(str(path)))
+    return vae.eval()
+
+
+# ---- stage 2: the base text-to-video model --------------------------------------------------------
+
+BASE_SCHEDULE = Schedule(steps=1500, lr=1e-3, warmup=100)
+BASE_BATCH = 8
+DROP_ACTION = 0.25  # captions that name only the object
+DROP_CAPTION = 0.10  # empty captions: the unconditional branch of classifier-free guidance
+
+
+def base_captions(spec: ClipSpec, rng: random.Random, split: Split) -> str:
+    u = rng.random()
+    if u < DROP_CAPTION:
+        return ""
+    return clip_caption(spec, "none" if u < DROP_CAPTION + DROP_ACTION else "known", split)
+
+
+def train_base(vae: AutoencoderKL, seed: int = 0, schedule: Schedule = BASE_SCHEDULE, world: World = World(),
+               split: Split = DEFAULT_SPLIT) -> VideoModel:
+    """UNet + text encoder from scratch on the base actions, with the VAE frozen."""
+    torch.manual_seed(seed)
+    preset = dataclasses.replace(TOY_PRESET, vae=vae.config)
+    model = VideoModel(preset)
+    model.vae.load_state_dict(vae.state_dict())
+    model.vae.requires_grad_(False).eval()
+    next_clip = clip_stream(seed + 1, split.base, world)
+    caption_rng = random.Random(f"echoreel-toy/base-captions/{seed}")
+    generator = torch.Generator().manual_seed(seed)
+    tokens: dict[str, torch.Tensor] = {}
+    fps = torch.full((BASE_BATCH,), preset.fps)
+    T = model.schedule.num_timesteps
+
+    def loss(step: int) -> torch.Tensor:
+        clips = [next_clip() for _ in range(BASE_BATCH)]
+        texts = [base_captions(c, caption_rng, split) for c in clips]
+        for text in texts:
+            if text not in tokens:
+                tokens[text] = model.tokenizer([text], context_length=preset.text.context_length,
+                                               pad_token=preset.text.pad_token)[0]
+        video = to_model_range(torch.stack([render(c, world) for c in clips])).transpose(1, 2)  # (b, 3, t, H, W)
+        with torch.no_grad():
+            z0 = model.vae.encode_video(video, generator=generator)  # (b, 4, t, h, w), scaled
+        t = torch.randint(0, T, (BASE_BATCH,), generator=generator)
+        noise = torch.randn(z0.shape, generator=generator)
+        context = model.text_encoder(torch.stack([tokens[x] for x in texts]))
+        eps = model.unet(model.schedule.q_sample(z0, t, noise), t, context, fps=fps)
+        return F.mse_loss(eps, noise)
+
+    params = list(model.unet.parameters()) + list(model.text_encoder.parameters())
+    model.unet.train()
+    model.text_encoder.train()
+    averages = fit(params, loss, schedule, "base")
+    _load_averages(params, averages)
+    return model.requires_grad_(False).eval()
+
+
+# ---- command line ----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m echoreel_core.toy.pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=("vae", "base"))
+    parser.add_argument("out", help="the safetensors file to write")
+    parser.add_argument("--vae", help="base stage: the VAE written by the vae stage")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default: vae 1200, base 1500)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    if args.stage == "vae":
+        schedule = dataclasses.replace(VAE_SCHEDULE, steps=args.steps or VAE_SCHEDULE.steps)
+        save_vae(train_vae(args.seed, schedule), args.out)
+    else:
+        if not args.vae:
+            parser.error("the base stage needs --vae (the file the vae stage wrote)")
+        schedule = dataclasses.replace(BASE_SCHEDULE, steps=args.steps or BASE_SCHEDULE.steps)
+        model = train_base(load_vae(args.vae), args.seed, schedule)
+        save_video_model(model, args.out)
+    log.info("wrote %s in %.1f min", args.out, (time.perf_counter() - started) / 60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

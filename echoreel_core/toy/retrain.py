@@ -1,0 +1,111 @@
+"""Rebuild every shipped toy file from scratch, on a CPU: `python -m echoreel_core.toy.retrain`.
+
+Stages (each skipped when its output already exists in --work, so a cut-short run goes on where
+it stopped; the Prism stage resumes from its own latest checkpoint):
+    1. data: the Prism training pairs (2000, seed 0) as mp4 files + the official JSON;
+    2. vae: the AutoencoderKL (`toy.pretrain vae`);
+    3. base: UNet + text encoder on the base actions (`toy.pretrain base`);
+    4. echoreel: the Action Prism and integration layers, by the project's trainer
+       (`python -m echoreel_core.train --config toy`);
+    5. ship: the base model (fp16) and the EchoReel weights (fp32) into --out, with a reference
+       video of a held-out action for the demo;
+    6. evaluate: `toy.evaluate` on 60 held-out pairs, report into --work/eval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import load_video_model, save_video_model
+from ..echoreel.weights import load_echoreel, save_echoreel
+from ..train import main as train_main
+from . import evaluate, pretrain
+from .models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_REFERENCE_FILE, SHIPPED_DIR
+from .world import DEFAULT_SPLIT, World, render, sample_clip, write_dataset
+
+log = logging.getLogger("echoreel.toy.retrain")
+
+PRISM_PAIRS = 2000
+DEMO_REFERENCE_SEED = 7
+
+
+def write_demo_reference(path: Path, world: World = World()) -> Path:
+    """A held-out action (orbiting clockwise) of a blue square: what the demo imitates."""
+    import random
+
+    from ..video_io import write_video
+
+    spec = sample_clip(random.Random(DEMO_REFERENCE_SEED), "orbit_cw", world, colour="blue", shape="square")
+    assert spec.action in DEFAULT_SPLIT.held_out
+    return write_video(path, render(spec, world, world.file_frames), world.file_fps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m echoreel_core.toy.retrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="toy_work", help="data, checkpoints, logs and the evaluation")
+    parser.add_argument("--out", default=str(SHIPPED_DIR), help="where the shipped files go")
+    parser.add_argument("--pairs", type=int, default=PRISM_PAIRS, help="Prism training pairs")
+    parser.add_argument("--vae-steps", type=int, default=pretrain.VAE_SCHEDULE.steps)
+    parser.add_argument("--base-steps", type=int, default=pretrain.BASE_SCHEDULE.steps)
+    parser.add_argument("--echoreel-steps", type=int, help="default: the toy training config's")
+    parser.add_argument("--eval-pairs", type=int, default=60, help="held-out pairs evaluated at the end")
+    parser.add_argument("--eval-steps", type=int, default=evaluate.EvalSettings.steps)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    times = {}
+
+    def stage(name: str, done: Path, run) -> None:
+        if done.exists():
+            log.info("%s: %s exists, skipped", name, done)
+            return
+        t0 = time.perf_counter()
+        run()
+        times[name] = time.perf_counter() - t0
+        log.info("%s: done in %.1f min", name, times[name] / 60)
+
+    prism_json = work / "data" / "prism" / "prism.json"
+    stage("data", prism_json, lambda: write_dataset(work / "data", "prism", args.pairs, seed=0, workers=2))
+    vae_file, base_file = work / "vae.safetensors", work / "base.safetensors"
+    vae_schedule = dataclasses.replace(pretrain.VAE_SCHEDULE, steps=args.vae_steps)
+    base_schedule = dataclasses.replace(pretrain.BASE_SCHEDULE, steps=args.base_steps)
+    stage("vae", vae_file, lambda: pretrain.save_vae(pretrain.train_vae(schedule=vae_schedule), vae_file))
+    stage("base", base_file, lambda: save_video_model(
+        pretrain.train_base(pretrain.load_vae(vae_file), schedule=base_schedule), base_file))
+    echoreel_file = work / "echoreel" / "echoreel.safetensors"
+
+    def train_echoreel() -> None:
+        code = train_main(["--config", "toy", f"model.checkpoint={base_file}", f"data.json={prism_json}",
+                           f"train.output_dir={work / 'echoreel'}", "train.resume=auto"]
+                          + ([f"train.max_steps={args.echoreel_steps}"] if args.echoreel_steps else []))
+        if code:
+            raise SystemExit(f"EchoReel training failed (exit {code})")
+
+    stage("echoreel", echoreel_file, train_echoreel)
+    for name in (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+    save_video_model(load_video_model(base_file), out / TOY_MODEL_FILE, dtype=torch.float16)
+    save_echoreel(load_echoreel(echoreel_file), out / TOY_ECHOREEL_FILE)
+    write_demo_reference(out / TOY_REFERENCE_FILE)
+    shutil.copy(work / "echoreel" / "train_log.csv", work / "echoreel_train_log.csv")
+    log.info("shipped files written to %s", out)
+    evaluate.main(["--model", str(out / TOY_MODEL_FILE), "--echoreel", str(out / TOY_ECHOREEL_FILE),
+                   "--out", str(work / "eval"), "--pairs", str(args.eval_pairs), "--steps", str(args.eval_steps)])
+    log.info("retrained in %.1f min (%s)", (time.perf_counter() - started) / 60,
+             ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The shipped toy model (echoreel_core/toy): its files, a reduced held-out evaluation in which
+EchoReel must clearly beat the base model, and the retraining command run end to end at a
+few steps per stage."""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from echoreel_core.checkpoints import load_video_model
+from echoreel_core.echoreel.weights import load_echoreel
+from echoreel_core.toy import metrics, pretrain, retrain
+from echoreel_core.toy.evaluate import EvalSettings, evaluate
+from echoreel_core.toy.models import (
+    SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_PRESET, TOY_REFERENCE_FILE, shipped,
+)
+from echoreel_core.toy.world import DEFAULT_SPLIT, World, write_dataset
+from echoreel_core.video_io import read_video_frames
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_video_model(shipped(TOY_MODEL_FILE)), load_echoreel(shipped(TOY_ECHOREEL_FILE))
+
+
+def test_shipped_files_hold_the_toy_architecture(toy):
+    model, echoreel = toy
+    trained_scale = model.preset.vae.scale_factor
+    assert model.preset == replace(TOY_PRESET, vae=replace(TOY_PRESET.vae, scale_factor=trained_scale))
+    assert 1.0 < trained_scale < 10.0  # measured on the trained VAE, not SD's 0.18215
+    echoreel.check_fits(model.preset, model.unet)  # raises on a mismatch
+    with safe_open(str(shipped(TOY_MODEL_FILE)), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # shipped small
+    total = sum((SHIPPED_DIR / name).stat().st_size for name in (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE))
+    assert total < 24 * 2**20
+    reference, info, repeated = read_video_frames(shipped(TOY_REFERENCE_FILE), num_frames=16, stride=4,
+                                                  size=(64, 64))
+    assert repeated == 0 and info.frame_count == World().file_frames
+    track = metrics.track(reference)
+    assert metrics.detection_rate(track) == 1.0 and metrics.video_object(track) == ("blue", "square")
+
+
+def test_missing_shipped_file_says_how_to_rebuild():
+    with pytest.raises(FileNotFoundError, match="python -m echoreel_core.toy.retrain"):
+        shipped("videocrafter/nothing.safetensors")
+
+
+def test_reduced_evaluation_echoreel_beats_the_base_model(toy, tmp_path):
+    """One pair of each held-out action (orbiting clockwise, zigzagging, shrinking), 10 steps."""
+    model, echoreel = toy
+    data = write_dataset(tmp_path / "data", "eval", 3, seed=0)
+    report = evaluate(model, echoreel, data, EvalSettings(steps=10), out_dir=tmp_path / "eval", grids=1)
+    assert sorted(report["per_action"]) == sorted(DEFAULT_SPLIT.held_out)
+    overall = report["overall"]
+    without, with_ = overall["without"]["motion_fidelity"], overall["with"]["motion_fidelity"]
+    assert with_ > without + 0.4, (without, with_)
+    assert with_ > 0.6
+    assert overall["with"]["detection_rate"] >= 0.9
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert math.isclose(saved["overall"]["with"]["motion_fidelity"], with_)
+    assert len(list((tmp_path / "eval").glob("grid_*.gif"))) == 1
+
+
+def test_fit_lowers_the_loss_keeps_an_average_and_stops_on_nan():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(8))
+    target = torch.linspace(-1, 1, 8)
+    schedule = pretrain.Schedule(steps=200, lr=0.05, warmup=5, ema=0.9, log_every=100)
+    averages = pretrain.fit([weight], lambda step: (weight - target).square().mean(), schedule, "quadratic")
+    assert float((weight - target).abs().max()) < 1e-2
+    assert float((averages[0] - target).abs().max()) < 5e-2 and not torch.equal(averages[0], weight.detach())
+    with pytest.raises(FloatingPointError, match="step 0"):
+        pretrain.fit([weight], lambda step: weight.sum() * float("nan"), schedule, "broken")
+
+
+def test_retrain_runs_every_stage_end_to_end(tmp_path):
+    """The one retraining command at 2-4 steps a stage: data, VAE, base, EchoReel, ship, evaluate."""
+    out = tmp_path / "shipped"
+    code = retrain.main(["--work", str(tmp_path / "work"), "--out", str(out), "--pairs", "4", "--vae-steps", "2",
+                         "--base-steps", "2", "--echoreel-steps", "2", "--eval-pairs", "1", "--eval-steps", "2"])
+    assert code == 0
+    model = load_video_model(out / TOY_MODEL_FILE)
+    assert model.preset.name == TOY_PRESET.name and model.preset.vae.scale_factor != TOY_PRESET.vae.scale_factor
+    load_echoreel(out / TOY_ECHOREEL_FILE).check_fits(model.preset, model.unet)
+    assert (out / TOY_REFERENCE_FILE).is_file()
+    assert json.loads((tmp_path / "work" / "eval" / "report.json").read_text())["overall"]["pairs"] == 1
+    # a second run finds every stage done and only ships and evaluates again
+    assert retrain.main(["--work", str(tmp_path / "work"), "--out", str(out), "--eval-pairs", "1",
+                         "--eval-steps", "2"]) == 0
