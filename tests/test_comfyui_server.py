@@ -1,4 +1,5 @@
-"""End to end: a real ComfyUI server on 127.0.0.1 runs every example workflow on tiny weights."""
+"""End to end: a real ComfyUI server on 127.0.0.1 runs every example workflow: the text-to-video
+ones on the shipped toy model (found with nothing downloaded), image-to-video on tiny weights."""
 
 from __future__ import annotations
 
@@ -21,24 +22,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from comfyui_env import (
-    COMFYUI,
-    I2V_ECHOREEL_FILE,
-    LVDM_ECHOREEL_FILE,
-    ROOT,
-    STUBS,
-    require_comfyui,
-    write_reference_video,
-    write_tiny_weights,
-)
+from comfyui_env import COMFYUI, LVDM_ECHOREEL_FILE, ROOT, STUBS, require_comfyui, write_tiny_weights
 
 WORKFLOWS = ROOT / "workflows"
 API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*.json"))
-# tiny weights: 32x32 videos, 4 frames, 3 steps (the workflows' own values are for real models)
-TINY = {
+# the toy workflows run at their own size (64x64, 16 frames) with fewer steps
+QUICK = {
+    "EchoReel_VideoCrafterSampler": {"steps": 4, "seed": 5},
+    "EchoReel_LongVideoSampler": {"steps": 3, "seed": 5, "clips": 2},
+}
+# the image-to-video workflow names VideoCrafter1 I2V files: tiny random ones of 32x32, 4 frames
+TINY_I2V = {
     "EchoReel_LoadReferenceVideo": {"frames": 4, "width": 32, "height": 32},
-    "EchoReel_VideoCrafterSampler": {"frames": 4, "width": 32, "height": 32, "steps": 3, "cfg": 7.5, "seed": 5},
-    "EchoReel_LongVideoSampler": {"frames": 4, "width": 32, "height": 32, "steps": 3, "cfg": 7.5, "seed": 5, "clips": 2, "overlap": 2},
+    "EchoReel_VideoCrafterSampler": {"frames": 4, "width": 32, "height": 32, "cfg": 7.5},
 }
 
 
@@ -180,8 +176,7 @@ def server(tmp_path_factory):
     for folder in ("input", "output", "temp", "custom_nodes"):
         (base / folder).mkdir()
     (base / "custom_nodes" / "ComfyUI-EchoReel").symlink_to(ROOT, target_is_directory=True)
-    write_tiny_weights(base / "models")
-    write_reference_video(base / "input" / "reference.mp4")
+    write_tiny_weights(base / "models")  # the toy files come from the pack itself
     Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)).save(base / "input" / "first_frame.png")
     (base / "input" / "broken.mp4").write_bytes(b"\x00not a video" * 100)
     started = Server(base)
@@ -189,13 +184,15 @@ def server(tmp_path_factory):
     started.stop()
 
 
-def tiny(prompt: dict, **overrides) -> dict:
-    """The API workflow with the tiny sizes, plus per-class overrides {class_type: {input: value}}."""
+def quick(prompt: dict, **overrides) -> dict:
+    """The API workflow with fewer steps (and the I2V one at the tiny weights' size), plus
+    per-class overrides {class_type: {input: value}}."""
     prompt = copy.deepcopy(prompt)
+    i2v = any(node["class_type"] == "LoadImage" for node in prompt.values())
     for node in prompt.values():
         node.pop("_meta", None)
-        node["inputs"].update(TINY.get(node["class_type"], {}))
-        node["inputs"].update(overrides.get(node["class_type"], {}))
+        for changes in (QUICK, TINY_I2V if i2v else {}, overrides):
+            node["inputs"].update(changes.get(node["class_type"], {}))
     return prompt
 
 
@@ -235,6 +232,9 @@ def test_every_node_is_registered(server):
     info = server.get("/object_info")
     ours = {k: v for k, v in info.items() if k.startswith("EchoReel_")}
     assert len(ours) == 8
+    # the shipped toy model is listed and its reference video was put into the input folder
+    assert "videocrafter2_toy.safetensors" in info["EchoReel_LoadVideoCrafterCheckpoint"]["input"]["required"]["ckpt_name"][0]
+    assert (server.base / "input" / "toy_reference.mp4").is_file()
     assert all(v["category"].startswith("EchoReel") and v["description"] for v in ours.values())
 
 
@@ -252,20 +252,20 @@ def test_ui_workflow_matches_object_info_and_converts_to_its_api_copy(server, ap
 
 @pytest.mark.parametrize("api_path", API_WORKFLOWS, ids=lambda p: p.stem)
 def test_api_workflow_runs(server, api_path):
-    prompt = tiny(load(api_path))
+    prompt = quick(load(api_path))
     entry = server.run(prompt)
     saves = [k for k, v in prompt.items() if v["class_type"] == "SaveAnimatedWEBP"]
     assert saves
     for node_id in saves:
         frames = server.frames(entry, node_id)
         sampler = prompt[prompt[node_id]["inputs"]["images"][0]]["inputs"]
-        assert frames.shape == (sampler["frames"] * sampler.get("clips", 1), 32, 32, 3)
+        assert frames.shape == (sampler["frames"] * sampler.get("clips", 1), sampler["height"], sampler["width"], 3)
         assert (server.base / "output" / entry["outputs"][node_id]["images"][0]["filename"]).is_file()
         assert frames.std() > 0
 
 
 def test_side_by_side_halves_differ(server):
-    prompt = tiny(load(WORKFLOWS / "api" / "echoreel_side_by_side.json"))
+    prompt = quick(load(WORKFLOWS / "api" / "echoreel_side_by_side.json"))
     entry = server.run(prompt)
     with_echoreel, without = server.frames(entry, "10"), server.frames(entry, "12")
     assert np.abs(with_echoreel.astype(int) - without.astype(int)).max() > 0
@@ -276,19 +276,19 @@ def test_interrupt_leaves_nothing_behind(server):
     (cached) model then samples exactly as a fresh one that never had EchoReel."""
     base = load(WORKFLOWS / "api" / "echoreel_side_by_side.json")
     slow = {"EchoReel_VideoCrafterSampler": {"steps": 8}}
-    echo_only = {k: v for k, v in tiny(base, **slow).items() if k not in ("11", "12")}
+    echo_only = {k: v for k, v in quick(base, **slow).items() if k not in ("11", "12")}
     interrupted = server.wait(server.queue_and_interrupt_while_sampling(echo_only, steps=8))
     assert interrupted["status"]["status_str"] == "error"
     assert "execution_interrupted" in _messages(interrupted)
 
     again = server.frames(server.run(echo_only), "10")
     # the same graph on fresh objects (fp32 is auto's choice on a CPU, so only the cache key differs)
-    fresh = tiny(base, **slow, EchoReel_LoadVideoCrafterCheckpoint={"dtype": "fp32"})
+    fresh = quick(base, **slow, EchoReel_LoadVideoCrafterCheckpoint={"dtype": "fp32"})
     fresh_entry = server.run({k: v for k, v in fresh.items() if k not in ("11", "12")})
     assert np.array_equal(again, server.frames(fresh_entry, "10"))
 
     # the model that was interrupted while EchoReel was attached, now without EchoReel...
-    without = {k: v for k, v in tiny(base, **slow).items() if k in ("1", "2", "3", "11", "12")}
+    without = {k: v for k, v in quick(base, **slow).items() if k in ("1", "2", "3", "11", "12")}
     cached_model = server.frames(server.run(without), "12")
     # ...equals a model that never saw EchoReel
     never = {k: v for k, v in fresh.items() if k in ("1", "2", "3", "11", "12")}
@@ -298,18 +298,19 @@ def test_interrupt_leaves_nothing_behind(server):
 
 def test_bad_inputs_fail_clearly_and_the_server_keeps_serving(server):
     base = load(WORKFLOWS / "api" / "echoreel_text_to_video.json")
-    status, answer = server.post("/prompt", {"prompt": tiny(base, EchoReel_LoadVideoCrafterCheckpoint={"ckpt_name": "absent.safetensors"})})
+    status, answer = server.post("/prompt", {"prompt": quick(base, EchoReel_LoadVideoCrafterCheckpoint={"ckpt_name": "absent.safetensors"})})
     assert status == 400 and "absent.safetensors: not found in models/videocrafter, models/checkpoints" in json.dumps(answer)
 
-    broken = server.wait(server.queue(tiny(base, EchoReel_LoadReferenceVideo={"video": "broken.mp4"})))
+    broken = server.wait(server.queue(quick(base, EchoReel_LoadReferenceVideo={"video": "broken.mp4"})))
     assert broken["status"]["status_str"] == "error"
     assert "broken.mp4" in _messages(broken) and "VideoReadError" in _messages(broken)
 
-    wrong = server.wait(server.queue(tiny(base, EchoReel_LoadEchoReel={"echoreel_name": I2V_ECHOREEL_FILE})))
+    wrong = server.wait(server.queue(quick(base, EchoReel_LoadEchoReel={"echoreel_name": LVDM_ECHOREEL_FILE})))
     assert wrong["status"]["status_str"] == "error"
-    assert "these EchoReel weights are for videocrafter" in _messages(wrong) and "the model is lvdm" in _messages(wrong)
+    assert "these EchoReel weights are for lvdm" in _messages(wrong)
+    assert "the model is videocrafter2-t2v-toy" in _messages(wrong)
 
     # still serving: a good prompt runs
-    good = server.run(tiny(base, EchoReel_LoadEchoReel={"echoreel_name": LVDM_ECHOREEL_FILE}, SaveAnimatedWEBP={"filename_prefix": "after_errors"}))
-    assert server.frames(good, "10").shape == (4, 32, 32, 3)
+    good = server.run(quick(base, SaveAnimatedWEBP={"filename_prefix": "after_errors"}))
+    assert server.frames(good, "10").shape == (16, 64, 64, 3)
 

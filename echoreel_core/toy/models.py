@@ -41,9 +41,6 @@ def _toy_preset() -> ModelPreset:
 
 TOY_PRESET = _toy_preset()
 
-# the Prism's size for the toy model (ActionPrismConfig fields beyond those the preset fixes)
-TOY_PRISM = dict(latent_dim=64, heads=4, head_dim=16, layers=4, latent_text_dim=64)
-
 
 def shipped(name: str) -> Path:
     """A file shipped in echoreel_core/toy/shipped, with an error that says how to rebuild it."""
