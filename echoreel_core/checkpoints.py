@@ -139,6 +139,8 @@ def load_video_model(
 
     preset: None detects it from the metadata (our files) or from keys and shapes (official ones).
     dtype: the weights' dtype (float32 as official; None keeps what the file stores).
+    The model comes back in eval mode: VideoCrafter2's temporal convolutions hold dropout, which
+    would make every sampling run differ (training calls .train() on what it trains).
     """
     path = Path(path)
     state, metadata = read_state_dict(path)
@@ -170,6 +172,7 @@ def load_video_model(
     for key in SCHEDULE_KEYS:  # keep the stored arrays: the fp16 I2V file's rounding is part of it
         if key in state:
             setattr(model.schedule, key, state[key].float().clone())
+    model.eval()
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
 

@@ -193,3 +193,24 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
         load_video_model(path)
     assert str(path) in str(error.value)
     assert not marker.exists()
+
+
+def test_loaded_model_is_in_eval_mode_and_samples_deterministically(tmp_path):
+    """VideoCrafter2's temporal convolutions hold dropout: a model left in training mode would
+    give a different video for the same seed on every run (found on the toy model)."""
+    from echoreel_core.checkpoints import save_video_model
+    from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
+
+    torch.manual_seed(0)
+    model = VideoModel(tiny_preset("videocrafter2-t2v-512"))
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    save_video_model(model, tmp_path / "model.safetensors")
+    loaded = load_video_model(tmp_path / "model.safetensors")
+    assert not any(m.training for m in loaded.modules())
+    x, context = torch.randn(1, 4, 4, 8, 8), torch.randn(1, 77, 64)
+    t, fps = torch.tensor([500]), torch.tensor([8])
+    with torch.no_grad():
+        assert torch.equal(loaded.unet(x, t, context, fps=fps), loaded.unet(x, t, context, fps=fps))
+    save_echoreel(EchoReel(EchoReelConfig.for_preset(loaded.preset, layers=1, latent_dim=32, heads=2, head_dim=16)),
+                  tmp_path / "echoreel.safetensors")
+    assert not any(m.training for m in load_echoreel(tmp_path / "echoreel.safetensors").modules())

@@ -150,6 +150,7 @@ def load_echoreel(path: str | Path, dtype: torch.dtype | None = torch.float32, d
     with torch.device("meta"):
         echoreel = EchoReel(config)
     echoreel.load_official_state_dict(weights, str(path))
+    echoreel.eval()  # inference by default, as load_video_model
     return echoreel.to(device=device, dtype=dtype) if dtype is not None else echoreel.to(device)
 
 
