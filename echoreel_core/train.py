@@ -255,6 +255,9 @@ class Trainer:
         self.dataset = PairDataset(entries, self.spec, cfg.train.seed, self.cache, keys, preset.is_i2v)
         self.keys = keys
         self.fps = cfg.model.fps or preset.fps
+        if cfg.train.timesteps[1] > self.model.schedule.num_timesteps:
+            raise ConfigError(f"train.timesteps goes to {cfg.train.timesteps[1]}; the model has "
+                              f"{self.model.schedule.num_timesteps} timesteps")
 
     def _build_optimizer(self) -> None:
         o = self.cfg.optim
@@ -351,13 +354,13 @@ class Trainer:
         """Samples -> the TrainModule's tensors on the device; draws each sample's randomness."""
         self._report(samples)
         rows = {k: [] for k in ("z0", "reference", "timesteps", "noise", "prompt", "caption", "context")}
-        T = self.model.schedule.num_timesteps
+        first, last = self.cfg.train.timesteps
         for s in samples:
             generator = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, s.position))
             z0 = self._posterior_sample(*self._moments(s.target), generator)  # (c, t, h, w)
             rows["z0"].append(z0)
             rows["reference"].append(self._posterior_sample(*self._moments(s.reference), generator))
-            rows["timesteps"].append(torch.randint(0, T, (), generator=generator))
+            rows["timesteps"].append(torch.randint(first, last, (), generator=generator))
             rows["noise"].append(torch.randn(z0.shape, generator=generator).to(z0.device))
             prompt = self._text(s.prompt, s.texts)
             rows["prompt"].append(prompt)

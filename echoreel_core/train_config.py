@@ -80,6 +80,8 @@ class TrainSection:
     precision: str = _opt("fp32", "fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)")
     gradient_checkpointing: bool = _opt(False, "recompute UNet blocks and Prism layers in backward (less memory)")
     seed: int = _opt(42, "seed: data order, noise, initialisation (official 42)")
+    timesteps: List[int] = _opt(None, "[first, last) training timesteps, drawn uniformly (official [0, 1000])",
+                                lambda: [0, 1000])
     save_every: int = _opt(1500, "save a checkpoint every N steps (official 1500; also at the end)")
     keep_checkpoints: int = _opt(2, "training checkpoints kept (0: all)")
     log_every: int = _opt(1, "write a CSV/TensorBoard row every N steps")
@@ -153,6 +155,8 @@ def validate_config(cfg: DictConfig) -> None:
         (cfg.train.batch_size >= 1 and cfg.train.grad_accumulation >= 1 and cfg.train.max_steps >= 1,
          "train.batch_size, train.grad_accumulation and train.max_steps must be at least 1"),
         (cfg.train.save_every >= 1, "train.save_every must be at least 1"),
+        (len(cfg.train.timesteps) == 2 and 0 <= cfg.train.timesteps[0] < cfg.train.timesteps[1] <= 1000,
+         "train.timesteps must be [first, last) with 0 <= first < last <= 1000"),
         (cfg.validation.format in ("mp4", "gif"), "validation.format must be mp4 or gif"),
     ]
     for ok, message in checks:

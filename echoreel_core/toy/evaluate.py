@@ -22,7 +22,7 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -49,19 +49,32 @@ class EvalSettings:
     strength: float = 1.0
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What the tracker saw in one video."""
+
+    cosine: float  # motion cosine with the reference
+    detected: float  # share of frames with an object
+    colour: str | None  # majority over the detected frames (None: nothing detected)
+    shape: str | None
+
+
 @dataclass
 class PairResult:
     action: str
     prompt: str
     reference_caption: str
-    cosine_without: float
-    cosine_with: float
-    leak_without: bool | None
-    leak_with: bool | None
-    detected_without: float
-    detected_with: float
-    cosine_round_trip: float  # the reference through the VAE and back: the ceiling the VAE allows
-    detected_round_trip: float
+    prompt_object: tuple[str, str]  # (colour, shape)
+    reference_object: tuple[str, str]
+    without: Outcome
+    with_echoreel: Outcome
+    round_trip: Outcome  # the reference through the VAE and back: the ceiling the VAE allows
+
+
+def _outcome(frames: torch.Tensor, reference_track: metrics.Track, world: World) -> Outcome:
+    track = metrics.track(frames, colours=world.colours, shapes=world.shapes)
+    seen = metrics.video_object(track) or (None, None)
+    return Outcome(metrics.motion_cosine(track, reference_track), metrics.detection_rate(track), *seen)
 
 
 def evaluate_pair(model: VideoModel, echoreel: EchoReel, entry, extra: dict, settings: EvalSettings, index: int,
@@ -74,40 +87,44 @@ def evaluate_pair(model: VideoModel, echoreel: EchoReel, entry, extra: dict, set
     latents = encode_reference(model.vae, frames_to_model_input(reference), torch.Generator().manual_seed(index))
     features = action_features(echoreel, model.encode_text([entry.prompt]), model.encode_text([""]),
                                [Reference(latents, model.encode_text([entry.caption]))])
-    round_trip = decode_to_frames(model, latents)
     without = text_to_video(model, entry.prompt, sampling)
     with_echoreel = text_to_video(model, entry.prompt, sampling,
                                   echoreel=EchoReelGuidance(echoreel, features, settings.strength))
-    candidates = dict(colours=world.colours, shapes=world.shapes)
-    ref_track = metrics.track(reference, **candidates)
-    tracks = [metrics.track(v, **candidates) for v in (without, with_echoreel, round_trip)]
+    ref_track = metrics.track(reference, colours=world.colours, shapes=world.shapes)
     target, source = extra["target_clip"], extra["reference_clip"]
     result = PairResult(
-        extra["action"], entry.prompt, entry.caption,
-        *[metrics.motion_cosine(t, ref_track) for t in tracks[:2]],
-        *[metrics.follows_reference(t, target, source) for t in tracks[:2]],
-        *[metrics.detection_rate(t) for t in tracks[:2]],
-        metrics.motion_cosine(tracks[2], ref_track), metrics.detection_rate(tracks[2]),
+        extra["action"], entry.prompt, entry.caption, (target["colour"], target["shape"]),
+        (source["colour"], source["shape"]), _outcome(without, ref_track, world),
+        _outcome(with_echoreel, ref_track, world), _outcome(decode_to_frames(model, latents), ref_track, world),
     )
     return result, (reference, without, with_echoreel)
 
 
+def _share(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else float("nan")
+
+
+def figures(rows: list[PairResult]) -> dict:
+    """Means over pairs; leakage counts only videos with an object (toy-world.md), split into the
+    colour and the shape that follow the reference, next to how often the prompt's were drawn."""
+    out = {"pairs": len(rows)}
+    for way in ("without", "with_echoreel", "round_trip"):
+        outcomes = [(getattr(r, way), r) for r in rows]
+        judged = [(o, r) for o, r in outcomes if o.colour is not None]
+        colour = [o.colour == r.reference_object[0] for o, r in judged]
+        shape = [o.shape == r.reference_object[1] for o, r in judged]
+        out[way] = {
+            "motion_fidelity": sum(o.cosine for o, _ in outcomes) / len(rows),
+            "detection_rate": sum(o.detected for o, _ in outcomes) / len(rows),
+            "content_leakage": _share([c or s for c, s in zip(colour, shape)]),
+            "colour_leakage": _share(colour),
+            "shape_leakage": _share(shape),
+            "prompt_object": _share([(o.colour, o.shape) == r.prompt_object for o, r in judged]),
+        }
+    return out
+
+
 def summarise(results: list[PairResult]) -> dict:
-    """Overall and per-action figures (leakage over the videos in which an object was found)."""
-
-    def figures(rows: list[PairResult]) -> dict:
-        out = {"pairs": len(rows)}
-        for way in ("without", "with"):
-            leaks = [getattr(r, f"leak_{way}") for r in rows if getattr(r, f"leak_{way}") is not None]
-            out[way] = {
-                "motion_fidelity": sum(getattr(r, f"cosine_{way}") for r in rows) / len(rows),
-                "content_leakage": sum(leaks) / len(leaks) if leaks else float("nan"),
-                "detection_rate": sum(getattr(r, f"detected_{way}") for r in rows) / len(rows),
-            }
-        out["vae_round_trip"] = {"motion_fidelity": sum(r.cosine_round_trip for r in rows) / len(rows),
-                                 "detection_rate": sum(r.detected_round_trip for r in rows) / len(rows)}
-        return out
-
     actions = sorted({r.action for r in results})
     return {"overall": figures(results),
             "per_action": {a: figures([r for r in results if r.action == a]) for a in actions}}
@@ -133,27 +150,29 @@ def evaluate(model: VideoModel, echoreel: EchoReel, data_json: str | Path, setti
         result, videos = evaluate_pair(model, echoreel, entries[i], extras[i], settings, i, world)
         results.append(result)
         log.info("%d/%d %s: cosine without %.3f with %.3f (%.1f s)", i + 1, len(chosen), result.action,
-                 result.cosine_without, result.cosine_with, time.perf_counter() - started)
+                 result.without.cosine, result.with_echoreel.cosine, time.perf_counter() - started)
         if out is not None and i < grids:
             write_video(out / f"grid_{i:02d}_{result.action}.gif", metrics.grid(*videos), fps=world.fps)
     report = summarise(results)
     report["settings"] = {**settings.__dict__, "data": str(data_json)}
-    report["pairs"] = [r.__dict__ for r in results]
+    report["pairs"] = [asdict(r) for r in results]
     if out is not None:
         (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
 def format_report(report: dict) -> str:
-    lines = ["action     pairs  fidelity without / with  leakage without / with  detected without / with"
-             "  | VAE round trip: fidelity, detected"]
-    rows = [("overall", report["overall"])] + list(report["per_action"].items())
+    """A table: one row per action, then overall; each cell 'without / with EchoReel'."""
+    lines = ["action     pairs  motion fidelity  content leakage (colour, shape)  objects found  prompt's object"
+             "  | VAE round trip: fidelity"]
+    rows = list(report["per_action"].items()) + [("overall", report["overall"])]
     for name, f in rows:
-        w, e, v = f["without"], f["with"], f["vae_round_trip"]
-        lines.append(f"{name:<10} {f['pairs']:>5}  {w['motion_fidelity']:>16.3f} / {e['motion_fidelity']:<5.3f}"
-                     f"  {w['content_leakage']:>15.0%} / {e['content_leakage']:<5.0%}"
-                     f"  {w['detection_rate']:>16.1%} / {e['detection_rate']:<6.1%}"
-                     f"  | {v['motion_fidelity']:.3f}, {v['detection_rate']:.1%}")
+        w, e = f["without"], f["with_echoreel"]
+        lines.append(
+            f"{name:<10} {f['pairs']:>5}  {w['motion_fidelity']:>6.3f} / {e['motion_fidelity']:<6.3f}"
+            f"  {w['content_leakage']:>4.0%} / {e['content_leakage']:<4.0%} ({e['colour_leakage']:.0%}, "
+            f"{e['shape_leakage']:.0%})        {w['detection_rate']:>5.1%} / {e['detection_rate']:<6.1%}"
+            f" {w['prompt_object']:>4.0%} / {e['prompt_object']:<4.0%}    | {f['round_trip']['motion_fidelity']:.3f}")
     return "\n".join(lines)
 
 

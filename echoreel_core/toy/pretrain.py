@@ -8,13 +8,16 @@ stream of the frames the dataset files hold, without their h264 coding) and run 
 is what gets saved (a short from-scratch diffusion run samples far better from its EMA).
 
     python -m echoreel_core.toy.pretrain vae  OUT/vae.safetensors
-    python -m echoreel_core.toy.pretrain base OUT/videocrafter2_toy.safetensors --vae OUT/vae.safetensors
+    python -m echoreel_core.toy.pretrain base OUT/base.safetensors --vae OUT/vae.safetensors
+    python -m echoreel_core.toy.pretrain base OUT/base_motion.safetensors --vae OUT/vae.safetensors \
+        --init OUT/base.safetensors     # the second base phase: timesteps 500-999 only
 
 What each stage sees (`DEFAULT_SPLIT`):
     VAE: single frames of clips of the Prism actions (a superset of the base actions; an image
         autoencoder learns shapes and colours, not motion).
     Base: clips of the base actions only (moving left/right/up/down); 25 % of captions drop the
-        action and 10 % are empty (classifier-free guidance).
+        action and 10 % are empty (classifier-free guidance). Two phases: all timesteps, then
+        the noisy half only (MOTION_SCHEDULE).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..checkpoints import save_video_model
+from ..checkpoints import load_video_model, save_video_model
 from ..files import atomic_write
 from ..models.autoencoder import AutoencoderConfig, AutoencoderKL
 from ..models.video_model import VideoModel
@@ -55,6 +58,7 @@ class Schedule:
     grad_clip: float = 1.0
     ema: float = 0.995
     log_every: int = 50
+    timesteps: tuple[int, int] = (0, 1000)  # [first, last) diffusion timesteps drawn (the base stages)
 
 
 def fit(params: list[nn.Parameter], loss_fn: Callable[[int], torch.Tensor], schedule: Schedule,
@@ -115,7 +119,7 @@ def to_model_range(frames: torch.Tensor) -> torch.Tensor:
 
 # ---- stage 1: the VAE ----------------------------------------------------------------------------
 
-VAE_SCHEDULE = Schedule(steps=1200, lr=1e-3, warmup=50)
+VAE_SCHEDULE = Schedule(steps=1500, lr=1e-3, warmup=50)
 VAE_BATCH = 16
 KL_WEIGHT = 1e-6  # as SD's VAE: the posterior stays nearly deterministic, the latent well scaled
 
@@ -189,6 +193,10 @@ def load_vae(path: str | Path) -> AutoencoderKL:
 # ---- stage 2: the base text-to-video model --------------------------------------------------------
 
 BASE_SCHEDULE = Schedule(steps=1500, lr=1e-3, warmup=100)
+# then the noisy half only, where a clip's motion is decided: over all timesteps the eps loss is
+# dominated by the low-noise detail, and the base model learnt objects well before it learnt to
+# move them as its caption says
+MOTION_SCHEDULE = Schedule(steps=800, lr=3e-4, warmup=20, timesteps=(500, 1000))
 BASE_BATCH = 8
 DROP_ACTION = 0.25  # captions that name only the object
 DROP_CAPTION = 0.10  # empty captions: the unconditional branch of classifier-free guidance
@@ -202,11 +210,13 @@ def base_captions(spec: ClipSpec, rng: random.Random, split: Split) -> str:
 
 
 def train_base(vae: AutoencoderKL, seed: int = 0, schedule: Schedule = BASE_SCHEDULE, world: World = World(),
-               split: Split = DEFAULT_SPLIT) -> VideoModel:
-    """UNet + text encoder from scratch on the base actions, with the VAE frozen."""
+               split: Split = DEFAULT_SPLIT, init: VideoModel | None = None) -> VideoModel:
+    """UNet + text encoder on the base actions, from scratch or from `init`, with the VAE frozen."""
     torch.manual_seed(seed)
     preset = dataclasses.replace(TOY_PRESET, vae=vae.config)
     model = VideoModel(preset)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     model.vae.load_state_dict(vae.state_dict())
     model.vae.requires_grad_(False).eval()
     next_clip = clip_stream(seed + 1, split.base, world)
@@ -214,7 +224,6 @@ def train_base(vae: AutoencoderKL, seed: int = 0, schedule: Schedule = BASE_SCHE
     generator = torch.Generator().manual_seed(seed)
     tokens: dict[str, torch.Tensor] = {}
     fps = torch.full((BASE_BATCH,), preset.fps)
-    T = model.schedule.num_timesteps
 
     def loss(step: int) -> torch.Tensor:
         clips = [next_clip() for _ in range(BASE_BATCH)]
@@ -226,7 +235,7 @@ def train_base(vae: AutoencoderKL, seed: int = 0, schedule: Schedule = BASE_SCHE
         video = to_model_range(torch.stack([render(c, world) for c in clips])).transpose(1, 2)  # (b, 3, t, H, W)
         with torch.no_grad():
             z0 = model.vae.encode_video(video, generator=generator)  # (b, 4, t, h, w), scaled
-        t = torch.randint(0, T, (BASE_BATCH,), generator=generator)
+        t = torch.randint(*schedule.timesteps, (BASE_BATCH,), generator=generator)
         noise = torch.randn(z0.shape, generator=generator)
         context = model.text_encoder(torch.stack([tokens[x] for x in texts]))
         eps = model.unet(model.schedule.q_sample(z0, t, noise), t, context, fps=fps)
@@ -248,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=("vae", "base"))
     parser.add_argument("out", help="the safetensors file to write")
     parser.add_argument("--vae", help="base stage: the VAE written by the vae stage")
-    parser.add_argument("--steps", type=int, help="optimizer steps (default: vae 1200, base 1500)")
+    parser.add_argument("--init", help="base stage: continue from this base model with the motion schedule")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default: vae 1500, base 1500)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
@@ -262,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.vae:
             parser.error("the base stage needs --vae (the file the vae stage wrote)")
-        schedule = dataclasses.replace(BASE_SCHEDULE, steps=args.steps or BASE_SCHEDULE.steps)
-        model = train_base(load_vae(args.vae), args.seed, schedule)
+        default = MOTION_SCHEDULE if args.init else BASE_SCHEDULE
+        schedule = dataclasses.replace(default, steps=args.steps or default.steps)
+        init = load_video_model(args.init) if args.init else None
+        model = train_base(load_vae(args.vae), args.seed, schedule, init=init)
         save_video_model(model, args.out)
     log.info("wrote %s in %.1f min", args.out, (time.perf_counter() - started) / 60)
     return 0

@@ -4,7 +4,8 @@ Stages (each skipped when its output already exists in --work, so a cut-short ru
 it stopped; the Prism stage resumes from its own latest checkpoint):
     1. data: the Prism training pairs (2000, seed 0) as mp4 files + the official JSON;
     2. vae: the AutoencoderKL (`toy.pretrain vae`);
-    3. base: UNet + text encoder on the base actions (`toy.pretrain base`);
+    3. base: UNet + text encoder on the base actions (`toy.pretrain base`), then on their noisy
+       half only (`toy.pretrain base --init`), where captions must steer the motion;
     4. echoreel: the Action Prism and integration layers, by the project's trainer
        (`python -m echoreel_core.train --config toy`);
     5. ship: the base model (fp16) and the EchoReel weights (fp32) into --out, with a reference
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=PRISM_PAIRS, help="Prism training pairs")
     parser.add_argument("--vae-steps", type=int, default=pretrain.VAE_SCHEDULE.steps)
     parser.add_argument("--base-steps", type=int, default=pretrain.BASE_SCHEDULE.steps)
+    parser.add_argument("--motion-steps", type=int, default=pretrain.MOTION_SCHEDULE.steps)
     parser.add_argument("--echoreel-steps", type=int, help="default: the toy training config's")
     parser.add_argument("--eval-pairs", type=int, default=60, help="held-out pairs evaluated at the end")
     parser.add_argument("--eval-steps", type=int, default=evaluate.EvalSettings.steps)
@@ -77,16 +79,19 @@ def main(argv: list[str] | None = None) -> int:
 
     prism_json = work / "data" / "prism" / "prism.json"
     stage("data", prism_json, lambda: write_dataset(work / "data", "prism", args.pairs, seed=0, workers=2))
-    vae_file, base_file = work / "vae.safetensors", work / "base.safetensors"
+    vae_file, base_file, motion_file = (work / f"{name}.safetensors" for name in ("vae", "base", "base_motion"))
     vae_schedule = dataclasses.replace(pretrain.VAE_SCHEDULE, steps=args.vae_steps)
     base_schedule = dataclasses.replace(pretrain.BASE_SCHEDULE, steps=args.base_steps)
     stage("vae", vae_file, lambda: pretrain.save_vae(pretrain.train_vae(schedule=vae_schedule), vae_file))
+    motion_schedule = dataclasses.replace(pretrain.MOTION_SCHEDULE, steps=args.motion_steps)
     stage("base", base_file, lambda: save_video_model(
         pretrain.train_base(pretrain.load_vae(vae_file), schedule=base_schedule), base_file))
+    stage("base_motion", motion_file, lambda: save_video_model(pretrain.train_base(
+        pretrain.load_vae(vae_file), schedule=motion_schedule, init=load_video_model(base_file)), motion_file))
     echoreel_file = work / "echoreel" / "echoreel.safetensors"
 
     def train_echoreel() -> None:
-        code = train_main(["--config", "toy", f"model.checkpoint={base_file}", f"data.json={prism_json}",
+        code = train_main(["--config", "toy", f"model.checkpoint={motion_file}", f"data.json={prism_json}",
                            f"train.output_dir={work / 'echoreel'}", "train.resume=auto"]
                           + ([f"train.max_steps={args.echoreel_steps}"] if args.echoreel_steps else []))
         if code:
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     stage("echoreel", echoreel_file, train_echoreel)
     for name in (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
-    save_video_model(load_video_model(base_file), out / TOY_MODEL_FILE, dtype=torch.float16)
+    save_video_model(load_video_model(motion_file), out / TOY_MODEL_FILE, dtype=torch.float16)
     save_echoreel(load_echoreel(echoreel_file), out / TOY_ECHOREEL_FILE)
     write_demo_reference(out / TOY_REFERENCE_FILE)
     shutil.copy(work / "echoreel" / "train_log.csv", work / "echoreel_train_log.csv")
