@@ -255,9 +255,6 @@ class Trainer:
         self.dataset = PairDataset(entries, self.spec, cfg.train.seed, self.cache, keys, preset.is_i2v)
         self.keys = keys
         self.fps = cfg.model.fps or preset.fps
-        if cfg.train.timesteps[1] > self.model.schedule.num_timesteps:
-            raise ConfigError(f"train.timesteps goes to {cfg.train.timesteps[1]}; the model has "
-                              f"{self.model.schedule.num_timesteps} timesteps")
 
     def _build_optimizer(self) -> None:
         o = self.cfg.optim

@@ -80,7 +80,7 @@ class TrainSection:
     precision: str = _opt("fp32", "fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)")
     gradient_checkpointing: bool = _opt(False, "recompute UNet blocks and Prism layers in backward (less memory)")
     seed: int = _opt(42, "seed: data order, noise, initialisation (official 42)")
-    timesteps: List[int] = _opt(None, "[first, last) training timesteps, drawn uniformly (official [0, 1000])",
+    timesteps: List[int] = _opt(None, "[first, last) training timesteps, drawn uniformly (official [0, 1000], all of them)",
                                 lambda: [0, 1000])
     save_every: int = _opt(1500, "save a checkpoint every N steps (official 1500; also at the end)")
     keep_checkpoints: int = _opt(2, "training checkpoints kept (0: all)")

@@ -8,7 +8,6 @@ from .sampler import LongVideoSampler, VideoCrafterSampler
 from .video import LoadReferenceVideo
 
 runtime.register_model_folders()
-runtime.provide_example_input()
 
 # Node ids are saved in workflows: never rename one.
 NODES = {

@@ -9,12 +9,14 @@ import warnings
 import folder_paths
 
 from ..echoreel_core.video_io import VideoReadError, read_video_frames
+from . import runtime
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v")
 RESIZE_MODES = ["squash (official)", "crop"]
 
 
 def input_videos() -> list[str]:
+    runtime.provide_example_input()  # here, not at import: ComfyUI sets --input-directory after importing packs
     root = folder_paths.get_input_directory()
     return sorted(f for f in os.listdir(root) if f.lower().endswith(VIDEO_EXTENSIONS) and os.path.isfile(os.path.join(root, f)))
 

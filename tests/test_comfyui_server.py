@@ -307,8 +307,8 @@ def test_bad_inputs_fail_clearly_and_the_server_keeps_serving(server):
 
     wrong = server.wait(server.queue(quick(base, EchoReel_LoadEchoReel={"echoreel_name": LVDM_ECHOREEL_FILE})))
     assert wrong["status"]["status_str"] == "error"
-    assert "these EchoReel weights are for lvdm" in _messages(wrong)
-    assert "the model is videocrafter2-t2v-toy" in _messages(wrong)
+    # weights for another model are refused at their first use, with the size they need
+    assert "ActionPrismEncode" in _messages(wrong) and "these EchoReel weights need 128x128" in _messages(wrong)
 
     # still serving: a good prompt runs
     good = server.run(quick(base, SaveAnimatedWEBP={"filename_prefix": "after_errors"}))

@@ -82,8 +82,9 @@ def echoreel_params(trainer: Trainer) -> dict[str, torch.Tensor]:
 # ---- configuration --------------------------------------------------------------------------------
 
 def test_presets_and_overrides_load_and_help_lists_the_keys(capsys, tmp_path):
-    assert set(preset_configs()) == {"lvdm", "videocrafter2", "videocrafter1_t2v", "videocrafter1_i2v"}
-    for name in preset_configs():
+    assert set(preset_configs()) == {"lvdm", "videocrafter2", "videocrafter1_t2v", "videocrafter1_i2v", "toy"}
+    assert load_config("toy").train.timesteps == [600, 1000]  # the toy model's own settings
+    for name in set(preset_configs()) - {"toy"}:  # the official hyper-parameters
         cfg = load_config(name, ["train.batch_size=1"])
         assert cfg.optim.lr == 1e-4 and list(cfg.optim.betas) == [0.9, 0.9] and cfg.optim.weight_decay == 0.03
         assert cfg.train.batch_size == 1 and cfg.data.frames == 16 and cfg.data.stride == 4
@@ -98,6 +99,8 @@ def test_presets_and_overrides_load_and_help_lists_the_keys(capsys, tmp_path):
         load_config(None, ["train.precision=fp8"])
     with pytest.raises(ConfigError, match="neither a preset"):
         load_config("nonsense")
+    with pytest.raises(ConfigError, match=r"train.timesteps must be \[first, last\)"):
+        load_config(None, ["train.timesteps=[500,400]"])
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
@@ -151,6 +154,12 @@ def test_posterior_is_the_official_sample_and_batched_prism_is_per_sample(world,
 
 
 # ---- training ----------------------------------------------------------------------------------
+
+def test_training_timesteps_are_drawn_from_the_configured_range(world, tmp_path):
+    trainer = Trainer(load_config(None, overrides(world, tmp_path, "train.timesteps=[700,710]")))
+    drawn = torch.cat([trainer.prepare([trainer.dataset[p] for p in range(4)])["timesteps"] for _ in range(3)])
+    assert int(drawn.min()) >= 700 and int(drawn.max()) < 710
+
 
 def test_training_reduces_the_loss_and_changes_only_echoreel(world, tmp_path):
     cfg = load_config(None, overrides(world, tmp_path, "train.max_steps=8", "optim.lr=3e-3", "train.save_every=100",
