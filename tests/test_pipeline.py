@@ -64,13 +64,14 @@ def test_core_never_imports_comfy():
     assert result.returncode == 0, result.stderr
 
 
-def test_demo_writes_a_video_and_says_its_weights_are_random(tmp_path):
+def test_demo_writes_the_toy_side_by_side_and_reports_the_motions(tmp_path):
     out = tmp_path / "demo.mp4"
     result = subprocess.run(
         [sys.executable, "-m", "echoreel_core.demo", "--output", str(out), "--steps", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "RANDOM weights" in result.stdout
+    assert "reference | without EchoReel | with EchoReel" in result.stdout
+    assert result.stdout.count("motion cosine with the reference") == 2
     info = probe_video(out)
-    assert info.frame_count == 16 and (info.width, info.height) == (64, 64)
+    assert info.frame_count == 16 and (info.width, info.height) == (3 * 64 + 2 * 2, 64)  # three videos, two gaps
