@@ -23,8 +23,8 @@ What each stage sees (`DEFAULT_SPLIT`):
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
+import json
 import logging
 import math
 import random
@@ -36,12 +36,13 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..checkpoints import load_video_model, save_video_model
+from ..checkpoints import load_video_model, read_state_dict, save_video_model
 from ..files import atomic_write
 from ..models.autoencoder import AutoencoderConfig, AutoencoderKL
 from ..models.video_model import VideoModel
+from ..presets import _from_dict
 from .models import TOY_PRESET
 from .world import DEFAULT_SPLIT, ClipSpec, Split, World, clip_caption, render, sample_clip
 
@@ -163,30 +164,22 @@ def train_vae(seed: int = 0, schedule: Schedule = VAE_SCHEDULE, world: World = W
     return trained.eval()
 
 
+VAE_FORMAT = "echoreel-toy-vae"
+
+
 def save_vae(vae: AutoencoderKL, path: str | Path) -> Path:
+    """The VAE alone, between the two stages, with its config (trained scale factor included)."""
     tensors = {k: v.contiguous() for k, v in vae.state_dict().items()}
-    metadata = {"format": "echoreel-toy-vae", "config": json_config(vae.config)}
+    metadata = {"format": VAE_FORMAT, "config": json.dumps(dataclasses.asdict(vae.config))}
     return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def json_config(config) -> str:
-    import json
-
-    return json.dumps(dataclasses.asdict(config))
-
-
 def load_vae(path: str | Path) -> AutoencoderKL:
-    import json
-
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        metadata = f.metadata() or {}
-    if metadata.get("format") != "echoreel-toy-vae":
+    tensors, metadata = read_state_dict(path)
+    if metadata.get("format") != VAE_FORMAT:
         raise ValueError(f"{path}: not a toy VAE written by `python -m echoreel_core.toy.pretrain vae`")
-    fields = json.loads(metadata["config"])
-    vae = AutoencoderKL(AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}))
-    vae.load_state_dict(load_file(str(path)))
+    vae = AutoencoderKL(_from_dict(AutoencoderConfig, json.loads(metadata["config"])))
+    vae.load_state_dict(tensors)
     return vae.eval()
 
 

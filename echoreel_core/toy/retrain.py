@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import shutil
+import random
 import sys
 import time
 from pathlib import Path
@@ -30,7 +30,8 @@ from ..echoreel.weights import load_echoreel, save_echoreel
 from ..train import main as train_main
 from . import evaluate, pretrain
 from .models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_REFERENCE_FILE, SHIPPED_DIR
-from .world import DEFAULT_SPLIT, World, render, sample_clip, write_dataset
+from ..video_io import write_video
+from .world import World, render, sample_clip, write_dataset
 
 log = logging.getLogger("echoreel.toy.retrain")
 
@@ -40,12 +41,7 @@ DEMO_REFERENCE_SEED = 7
 
 def write_demo_reference(path: Path, world: World = World()) -> Path:
     """A held-out action (orbiting clockwise) of a blue square: what the demo imitates."""
-    import random
-
-    from ..video_io import write_video
-
     spec = sample_clip(random.Random(DEMO_REFERENCE_SEED), "orbit_cw", world, colour="blue", shape="square")
-    assert spec.action in DEFAULT_SPLIT.held_out
     return write_video(path, render(spec, world, world.file_frames), world.file_fps)
 
 
@@ -103,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     save_video_model(load_video_model(motion_file), out / TOY_MODEL_FILE, dtype=torch.float16)
     save_echoreel(load_echoreel(echoreel_file), out / TOY_ECHOREEL_FILE)
     write_demo_reference(out / TOY_REFERENCE_FILE)
-    shutil.copy(work / "echoreel" / "train_log.csv", work / "echoreel_train_log.csv")
     log.info("shipped files written to %s", out)
     evaluate.main(["--model", str(out / TOY_MODEL_FILE), "--echoreel", str(out / TOY_ECHOREEL_FILE),
                    "--out", str(work / "eval"), "--pairs", str(args.eval_pairs), "--steps", str(args.eval_steps)])
