@@ -19,7 +19,7 @@ import torch
 from .checkpoints import load_video_model
 from .echoreel.features import Reference, action_features, encode_reference
 from .echoreel.weights import load_echoreel
-from .pipeline import EchoReelGuidance, SamplingSettings, text_to_video
+from .pipeline import EchoReelGuidance, SamplingSettings, decode_to_frames, generate_latents
 from .toy import metrics
 from .toy.models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_REFERENCE_FILE, shipped
 from .toy.world import World
@@ -47,11 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     settings = SamplingSettings(height=preset.height, width=preset.width, frames=preset.frames, fps=preset.fps,
                                 steps=args.steps, cfg=preset.cfg, seed=args.seed)
     latents = encode_reference(model.vae, frames_to_model_input(reference), torch.Generator().manual_seed(args.seed))
-    features = action_features(echoreel, model.encode_text([args.prompt]), model.encode_text([""]),
+    prompt, negative = model.encode_text([args.prompt]), model.encode_text([""])  # once for both runs
+    features = action_features(echoreel, prompt, negative,
                                [Reference(latents, model.encode_text([args.reference_caption]))])
-    without = text_to_video(model, args.prompt, settings)
-    with_echoreel = text_to_video(model, args.prompt, settings,
-                                  echoreel=EchoReelGuidance(echoreel, features, args.strength))
+    guide = EchoReelGuidance(echoreel, features, args.strength)
+    without, with_echoreel = (decode_to_frames(model, generate_latents(model, prompt, negative, settings, echoreel=g))
+                              for g in (None, guide))
     path = write_video(args.output, metrics.grid(reference, without, with_echoreel), fps=world.fps)
     print(f"wrote {path}: reference | without EchoReel | with EchoReel, {preset.frames} frames of "
           f"{preset.width}x{preset.height} ({args.steps} DDIM steps, cfg {preset.cfg}) in "

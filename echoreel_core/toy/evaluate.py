@@ -32,7 +32,7 @@ from ..data import load_entries
 from ..echoreel.features import Reference, action_features, encode_reference
 from ..echoreel.weights import EchoReel, load_echoreel
 from ..models.video_model import VideoModel
-from ..pipeline import EchoReelGuidance, SamplingSettings, decode_to_frames, text_to_video
+from ..pipeline import EchoReelGuidance, SamplingSettings, decode_to_frames, generate_latents
 from ..video_io import frames_to_model_input, read_video_frames, write_video
 from . import metrics
 from .models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, shipped
@@ -85,11 +85,11 @@ def evaluate_pair(model: VideoModel, echoreel: EchoReel, entry, extra: dict, set
     sampling = SamplingSettings(height=world.height, width=world.width, frames=world.frames, fps=model.preset.fps,
                                 steps=settings.steps, cfg=settings.cfg, seed=settings.seed + index)
     latents = encode_reference(model.vae, frames_to_model_input(reference), torch.Generator().manual_seed(index))
-    features = action_features(echoreel, model.encode_text([entry.prompt]), model.encode_text([""]),
-                               [Reference(latents, model.encode_text([entry.caption]))])
-    without = text_to_video(model, entry.prompt, sampling)
-    with_echoreel = text_to_video(model, entry.prompt, sampling,
-                                  echoreel=EchoReelGuidance(echoreel, features, settings.strength))
+    prompt, negative = model.encode_text([entry.prompt]), model.encode_text([""])  # once for both runs
+    features = action_features(echoreel, prompt, negative, [Reference(latents, model.encode_text([entry.caption]))])
+    guide = EchoReelGuidance(echoreel, features, settings.strength)
+    without, with_echoreel = (decode_to_frames(model, generate_latents(model, prompt, negative, sampling, echoreel=g))
+                              for g in (None, guide))
     ref_track = metrics.track(reference, colours=world.colours, shapes=world.shapes)
     target, source = extra["target_clip"], extra["reference_clip"]
     result = PairResult(
