@@ -96,6 +96,10 @@ def test_retrain_runs_every_stage_end_to_end(tmp_path):
     load_echoreel(out / TOY_ECHOREEL_FILE).check_fits(model.preset, model.unet)
     assert (out / TOY_REFERENCE_FILE).is_file()
     assert json.loads((tmp_path / "work" / "eval" / "report.json").read_text())["overall"]["pairs"] == 1
-    # a second run finds every stage done and only ships and evaluates again
+    # a second run finds every stage done (their outputs untouched) and only ships and evaluates again
+    stages = [tmp_path / "work" / name for name in ("vae.safetensors", "base.safetensors", "base_motion.safetensors",
+                                                    "echoreel/echoreel.safetensors", "data/prism/prism.json")]
+    written = [p.stat().st_mtime_ns for p in stages]
     assert retrain.main(["--work", str(tmp_path / "work"), "--out", str(out), "--eval-pairs", "1",
                          "--eval-steps", "2"]) == 0
+    assert [p.stat().st_mtime_ns for p in stages] == written
