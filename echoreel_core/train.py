@@ -60,6 +60,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -73,7 +74,6 @@ from .echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echo
 from .files import temporaries
 from .models import unet_lvdm, unet_videocrafter
 from .models.video_model import VideoModel
-from .sampling.schedule import diffusion_loss
 from .pipeline import EchoReelGuidance, SamplingSettings, image_to_video, text_to_video
 from .train_config import ConfigError, key_help, load_config, preset_configs
 from .train_state import (TrainStateError, load_checkpoint, remove_stale_temporaries, resolve_checkpoint,
@@ -93,10 +93,9 @@ class TrainModule(nn.Module):
     The frozen base model is kept outside the module tree (DDP would otherwise broadcast it and
     track it); the integration layers reach the UNet through an Attachment made once."""
 
-    def __init__(self, echoreel: EchoReel, model: VideoModel, loss_weighting: str = "eps"):
+    def __init__(self, echoreel: EchoReel, model: VideoModel):
         super().__init__()
         self.echoreel = echoreel
-        self.loss_weighting = loss_weighting
         self.__dict__["base"] = model  # not a submodule
         self.attachment = None
 
@@ -112,7 +111,7 @@ class TrainModule(nn.Module):
 
     def forward(self, z0, reference, timesteps, noise, prompt, caption, context, fps) -> torch.Tensor:
         """z0, reference, noise: (b, c, t, h, w); timesteps, fps: (b,); prompt, caption: (b, 77, D);
-        context: the UNet's (b, L, D) (the prompt, plus image tokens for I2V). Returns the diffusion loss."""
+        context: the UNet's (b, L, D) (the prompt, plus image tokens for I2V). Returns the eps MSE."""
         model = self.base
         self.attach()
         # one reference per sample: the batched Prism call is prism_tokens(prompt_i, [reference_i]) for each i
@@ -120,7 +119,7 @@ class TrainModule(nn.Module):
         self.attachment.bind(tokens, frames_per_reference=reference.shape[2])
         x_t = model.schedule.q_sample(z0, timesteps, noise)
         eps = model.unet(x_t, timesteps, context, fps=fps)
-        return diffusion_loss(eps, noise, timesteps, model.schedule, self.loss_weighting)
+        return F.mse_loss(eps.float(), noise.float())
 
 
 def set_gradient_checkpointing(model: VideoModel, echoreel: EchoReel, enabled: bool) -> None:
@@ -196,7 +195,7 @@ class Trainer:
         self.echoreel = build_echoreel(cfg, self.model, self.latent_size).to(self.dist.device)
         set_gradient_checkpointing(self.model, self.echoreel, cfg.train.gradient_checkpointing)
         self.params = trainable_parameters(self.echoreel)
-        self.module = TrainModule(self.echoreel, self.model, cfg.train.loss_weighting)
+        self.module = TrainModule(self.echoreel, self.model)
         self.global_batch = cfg.train.batch_size * cfg.train.grad_accumulation * self.dist.world_size
         self._build_optimizer()
         self.step, self.position = 0, 0  # optimizer steps done; global samples consumed

@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .checkpoints import DTYPES
-from .sampling.schedule import LOSS_WEIGHTINGS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -83,8 +82,6 @@ class TrainSection:
     seed: int = _opt(42, "seed: data order, noise, initialisation (official 42)")
     timesteps: List[int] = _opt(None, "[first, last) training timesteps, drawn uniformly (official [0, 1000], all of them)",
                                 lambda: [0, 1000])
-    loss_weighting: str = _opt("eps", "eps (official: the eps MSE) | x0 (the same error on the implied clean video, "
-                                      "which weights the noisy steps where motion is decided)")
     save_every: int = _opt(1500, "save a checkpoint every N steps (official 1500; also at the end)")
     keep_checkpoints: int = _opt(2, "training checkpoints kept (0: all)")
     log_every: int = _opt(1, "write a CSV/TensorBoard row every N steps")
@@ -160,7 +157,6 @@ def validate_config(cfg: DictConfig) -> None:
         (cfg.train.save_every >= 1, "train.save_every must be at least 1"),
         (len(cfg.train.timesteps) == 2 and 0 <= cfg.train.timesteps[0] < cfg.train.timesteps[1] <= 1000,
          "train.timesteps must be [first, last) with 0 <= first < last <= 1000"),
-        (cfg.train.loss_weighting in LOSS_WEIGHTINGS, f"train.loss_weighting must be one of {LOSS_WEIGHTINGS}"),
         (cfg.validation.format in ("mp4", "gif"), "validation.format must be mp4 or gif"),
     ]
     for ok, message in checks:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 SCALE_MID_STEP = 400  # s_t ramps linearly from 1 to scale_b over the first 400 timesteps
 
@@ -50,29 +49,3 @@ class NoiseSchedule:
         if self.scale_arr is not None:
             data = data * self.scale_arr.to(x0.device)[t].view(shape).to(x0.dtype)
         return data + (1.0 - abar).sqrt() * noise
-
-    def x0_weights(self, t: torch.Tensor) -> torch.Tensor:
-        """(b,) factors that turn the eps MSE at timesteps t into the MSE of the implied x0
-        estimate: (1 - abar_t) / (abar_t * s_t^2), from 0.0009 at t = 0 to 214 at t = 999 (no s_t)."""
-        abar = self.alphas_cumprod.to(t.device)[t].double()
-        scale = self.scale_arr.to(t.device)[t].double() if self.scale_arr is not None else 1.0
-        return ((1.0 - abar) / (abar * scale**2)).float()
-
-
-LOSS_WEIGHTINGS = ("eps", "x0")
-
-
-def diffusion_loss(eps: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule,
-                   weighting: str = "eps") -> torch.Tensor:
-    """The training loss of an eps-predicting model, predictions and noise (b, c, t, h, w) at timesteps t (b,).
-
-    "eps" (official): the plain eps MSE. Its weight on the clean-video error is abar / (1 - abar),
-    so the noisy steps, where a video's layout and motion are decided, hardly count.
-    "x0": the same error measured on the implied x0 estimate, so every step counts by how wrong
-    the video it implies is; the eps target and the sampler stay unchanged."""
-    if weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
-    per_sample = (eps.float() - noise.float()).square().flatten(1).mean(dim=1)  # (b,)
-    if weighting == "x0":
-        per_sample = per_sample * schedule.x0_weights(t)
-    return per_sample.mean()

@@ -15,12 +15,9 @@ is what gets saved (a short from-scratch diffusion run samples far better from i
 What each stage sees (`DEFAULT_SPLIT`):
     VAE: single frames of clips of the Prism actions (a superset of the base actions; an image
         autoencoder learns shapes and colours, not motion).
-    Base, two phases. First, all timesteps, on clips of the base actions (moving left/right/up/
-        down). Then the noisy half only (MOTION_SCHEDULE), on clips of every Prism action, whose
-        captions still name only the base actions (the others say just the object): like a real
-        base model, it can draw many motions (8 directions, reversals, an orbit, growth) but can
-        be told only a few of them, and it never sees a held-out action. 25 % of captions drop
-        the action and 10 % are empty (classifier-free guidance).
+    Base: clips of the base actions only (moving left/right/up/down); 25 % of captions drop the
+        action and 10 % are empty (classifier-free guidance). Two phases: all timesteps, then
+        the noisy half only (MOTION_SCHEDULE).
 """
 
 from __future__ import annotations
@@ -46,7 +43,6 @@ from ..files import atomic_write
 from ..models.autoencoder import AutoencoderConfig, AutoencoderKL
 from ..models.video_model import VideoModel
 from ..presets import _from_dict
-from ..sampling.schedule import diffusion_loss
 from .models import TOY_PRESET
 from .world import DEFAULT_SPLIT, ClipSpec, Split, World, clip_caption, render, sample_clip
 
@@ -64,7 +60,6 @@ class Schedule:
     ema: float = 0.995
     log_every: int = 50
     timesteps: tuple[int, int] = (0, 1000)  # [first, last) diffusion timesteps drawn (the base stages)
-    loss_weighting: str = "eps"  # the base stages: sampling.schedule.diffusion_loss
 
 
 def fit(params: list[nn.Parameter], loss_fn: Callable[[int], torch.Tensor], schedule: Schedule,
@@ -191,10 +186,10 @@ def load_vae(path: str | Path) -> AutoencoderKL:
 # ---- stage 2: the base text-to-video model --------------------------------------------------------
 
 BASE_SCHEDULE = Schedule(steps=1500, lr=1e-3, warmup=100)
-# then the noisy half only, where a clip's motion is decided, measured on x0: the eps loss over
-# all timesteps is dominated by the low-noise detail, and the base model learnt objects well
-# before it learnt to move them
-MOTION_SCHEDULE = Schedule(steps=800, lr=3e-4, warmup=20, timesteps=(500, 1000), loss_weighting="x0")
+# then the noisy half only, where a clip's motion is decided: over all timesteps the eps loss is
+# dominated by the low-noise detail, and the base model learnt objects well before it learnt to
+# move them as its caption says
+MOTION_SCHEDULE = Schedule(steps=800, lr=3e-4, warmup=20, timesteps=(500, 1000))
 BASE_BATCH = 8
 DROP_ACTION = 0.25  # captions that name only the object
 DROP_CAPTION = 0.10  # empty captions: the unconditional branch of classifier-free guidance
@@ -207,10 +202,9 @@ def base_captions(spec: ClipSpec, rng: random.Random, split: Split) -> str:
     return clip_caption(spec, "none" if u < DROP_CAPTION + DROP_ACTION else "known", split)
 
 
-def train_base(vae: AutoencoderKL, actions: tuple[str, ...], seed: int = 0, schedule: Schedule = BASE_SCHEDULE,
-               world: World = World(), split: Split = DEFAULT_SPLIT, init: VideoModel | None = None) -> VideoModel:
-    """UNet + text encoder on clips of `actions` (captions name only `split.base` actions), from
-    scratch or from `init`, with the VAE frozen."""
+def train_base(vae: AutoencoderKL, seed: int = 0, schedule: Schedule = BASE_SCHEDULE, world: World = World(),
+               split: Split = DEFAULT_SPLIT, init: VideoModel | None = None) -> VideoModel:
+    """UNet + text encoder on the base actions, from scratch or from `init`, with the VAE frozen."""
     torch.manual_seed(seed)
     preset = dataclasses.replace(TOY_PRESET, vae=vae.config)
     model = VideoModel(preset)
@@ -218,7 +212,7 @@ def train_base(vae: AutoencoderKL, actions: tuple[str, ...], seed: int = 0, sche
         model.load_state_dict(init.state_dict())
     model.vae.load_state_dict(vae.state_dict())
     model.vae.requires_grad_(False).eval()
-    next_clip = clip_stream(seed + 1, actions, world)
+    next_clip = clip_stream(seed + 1, split.base, world)
     caption_rng = random.Random(f"echoreel-toy/base-captions/{seed}")
     generator = torch.Generator().manual_seed(seed)
     tokens: dict[str, torch.Tensor] = {}
@@ -238,7 +232,7 @@ def train_base(vae: AutoencoderKL, actions: tuple[str, ...], seed: int = 0, sche
         noise = torch.randn(z0.shape, generator=generator)
         context = model.text_encoder(torch.stack([tokens[x] for x in texts]))
         eps = model.unet(model.schedule.q_sample(z0, t, noise), t, context, fps=fps)
-        return diffusion_loss(eps, noise, t, model.schedule, schedule.loss_weighting)
+        return F.mse_loss(eps, noise)
 
     params = list(model.unet.parameters()) + list(model.text_encoder.parameters())
     model.unet.train()
@@ -256,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=("vae", "base"))
     parser.add_argument("out", help="the safetensors file to write")
     parser.add_argument("--vae", help="base stage: the VAE written by the vae stage")
-    parser.add_argument("--init", help="base stage: continue from this base model with the motion schedule, "
-                                       "on every Prism action's clips")
+    parser.add_argument("--init", help="base stage: continue from this base model with the motion schedule")
     parser.add_argument("--steps", type=int, help="optimizer steps (default: vae 1500, base 1500)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -275,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         default = MOTION_SCHEDULE if args.init else BASE_SCHEDULE
         schedule = dataclasses.replace(default, steps=args.steps or default.steps)
         init = load_video_model(args.init) if args.init else None
-        actions = DEFAULT_SPLIT.prism if args.init else DEFAULT_SPLIT.base
-        model = train_base(load_vae(args.vae), actions, args.seed, schedule, init=init)
+        model = train_base(load_vae(args.vae), args.seed, schedule, init=init)
         save_video_model(model, args.out)
     log.info("wrote %s in %.1f min", args.out, (time.perf_counter() - started) / 60)
     return 0

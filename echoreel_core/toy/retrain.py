@@ -4,9 +4,8 @@ Stages (each skipped when its output already exists in --work, so a cut-short ru
 it stopped; the Prism stage resumes from its own latest checkpoint):
     1. data: the Prism training pairs (2000, seed 0) as mp4 files + the official JSON;
     2. vae: the AutoencoderKL (`toy.pretrain vae`);
-    3. base: UNet + text encoder on the base actions (`toy.pretrain base`), then on the noisy
-       half only, where the motion is decided, on every Prism action's clips (`toy.pretrain
-       base --init`);
+    3. base: UNet + text encoder on the base actions (`toy.pretrain base`), then on their noisy
+       half only (`toy.pretrain base --init`), where captions must steer the motion;
     4. echoreel: the Action Prism and integration layers, by the project's trainer
        (`python -m echoreel_core.train --config toy`);
     5. ship: the base model (fp16) and the EchoReel weights (fp32) into --out, with a reference
@@ -32,7 +31,7 @@ from ..train import main as train_main
 from . import evaluate, pretrain
 from .models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_REFERENCE_FILE, SHIPPED_DIR
 from ..video_io import write_video
-from .world import DEFAULT_SPLIT, World, render, sample_clip, write_dataset
+from .world import World, render, sample_clip, write_dataset
 
 log = logging.getLogger("echoreel.toy.retrain")
 
@@ -82,10 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     stage("vae", vae_file, lambda: pretrain.save_vae(pretrain.train_vae(schedule=vae_schedule), vae_file))
     motion_schedule = dataclasses.replace(pretrain.MOTION_SCHEDULE, steps=args.motion_steps)
     stage("base", base_file, lambda: save_video_model(
-        pretrain.train_base(pretrain.load_vae(vae_file), DEFAULT_SPLIT.base, schedule=base_schedule), base_file))
+        pretrain.train_base(pretrain.load_vae(vae_file), schedule=base_schedule), base_file))
     stage("base_motion", motion_file, lambda: save_video_model(pretrain.train_base(
-        pretrain.load_vae(vae_file), DEFAULT_SPLIT.prism, schedule=motion_schedule,
-        init=load_video_model(base_file)), motion_file))
+        pretrain.load_vae(vae_file), schedule=motion_schedule, init=load_video_model(base_file)), motion_file))
     echoreel_file = work / "echoreel" / "echoreel.safetensors"
 
     def train_echoreel() -> None:
