@@ -48,6 +48,7 @@ Outputs (train.output_dir): `config.yaml` (resolved), `checkpoints/step_N.pt` pl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import csv
 import logging
@@ -157,12 +158,15 @@ def build_echoreel(cfg: DictConfig, model: VideoModel, latent_size: tuple[int, i
                 f"{prism.latent_width}, the training clips give {latent_size[0]}x{latent_size[1]}: set "
                 f"data.height={prism.latent_height * f} data.width={prism.latent_width * f}"
             )
+        if echoreel.config.query_positions != cfg.echoreel.query_positions:
+            raise ConfigError(f"{cfg.echoreel.init}: these weights have query_positions="
+                              f"{echoreel.config.query_positions}, the config says {cfg.echoreel.query_positions}")
         return echoreel
     try:
         config = EchoReelConfig.for_preset(model.preset, **overrides)
     except TypeError as error:
         raise ConfigError(f"echoreel.prism: {error}") from error
-    return EchoReel(config)
+    return EchoReel(dataclasses.replace(config, query_positions=cfg.echoreel.query_positions))
 
 
 # ---- the trainer -----------------------------------------------------------------------------

@@ -59,6 +59,8 @@ class EchoReelSection:
     init: Optional[str] = _opt(None, "start from these EchoReel weights (ours or the official checkpoint.pt)")
     prism: Dict[str, Any] = _opt(None, "Prism overrides, e.g. echoreel.prism.layers=8 (ActionPrismConfig fields)", dict)
     export_dtype: str = _opt("fp32", "dtype of the exported echoreel.safetensors: fp32|fp16|bf16")
+    query_positions: bool = _opt(False, "add a fixed 2D position code to the integration queries (not official; "
+                                        "for bases whose features do not know positions, as the toy model's)")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import subprocess
 import sys
@@ -55,10 +56,11 @@ def test_lvdm_echoreel_keys_and_sizes_match_official():
 # ---- tiny models ------------------------------------------------------------------------------
 
 
-def tiny_echoreel(model: VideoModel, trained: bool = True) -> EchoReel:
+def tiny_echoreel(model: VideoModel, trained: bool = True, query_positions: bool = False) -> EchoReel:
     config = EchoReelConfig.for_preset(
         model.preset, layers=2, latent_dim=32, heads=2, head_dim=16, latent_text_dim=32, latent_height=4, latent_width=4
     )
+    config = dataclasses.replace(config, query_positions=query_positions)
     torch.manual_seed(1)
     echoreel = EchoReel(config).eval()
     if trained:  # the zero-initialised output projections would make every test below trivial
@@ -81,15 +83,17 @@ def unet_inputs(model: VideoModel, b: int = 1):
     )
 
 
-def test_zero_initialised_echoreel_is_exactly_the_base():
-    model = tiny_model("lvdm-short-t2v")
-    echoreel = tiny_echoreel(model, trained=False)
+@pytest.mark.parametrize("name", ["lvdm-short-t2v", "videocrafter2-t2v-512"])
+@pytest.mark.parametrize("query_positions", [False, True])
+def test_zero_initialised_echoreel_is_exactly_the_base(name, query_positions):
+    model = tiny_model(name)
+    echoreel = tiny_echoreel(model, trained=False, query_positions=query_positions)
     x, t, context = unet_inputs(model)
     with torch.no_grad():
-        base = model.unet(x, t, context)
+        base = model.unet(x, t, context, fps=8)
         with echoreel.attach(model.preset, model.unet) as attachment:
             attachment.bind(prism_tokens(echoreel, context, [reference(model, 0)]), 4)
-            attached = model.unet(x, t, context)
+            attached = model.unet(x, t, context, fps=8)
     assert torch.equal(base, attached)
 
 
@@ -333,12 +337,38 @@ def test_official_deepspeed_checkpoint_loads_and_converts(tmp_path):
     assert base.returncode == 0, base.stderr
 
 
+def test_position_aware_queries_add_the_grid_code_to_the_normed_tokens():
+    """Against a direct computation: the code of token (y, x) is sin/cos of pi*k*x/w and pi*k*y/h."""
+    model = tiny_model("videocrafter2-t2v-512")
+    echoreel = tiny_echoreel(model, query_positions=True)
+    layer, site = echoreel.integration[0], echoreel.config.sites[0]
+    g = torch.Generator().manual_seed(3)
+    h, w, c = 2, 3, site.channels
+    x = torch.randn(2 * h * w, 4, c, generator=g)  # ((b h w), t, c)
+    keys, values = (torch.randn(2, 4, c, generator=g) for _ in range(2))
+    code = torch.zeros(h * w, c)
+    for y in range(h):
+        for xx in range(w):
+            for j in range(c):
+                k, kind = j // 4 % 4 + 1, j % 4
+                angle = math.pi * k * (xx / w if kind < 2 else y / h)
+                code[y * w + xx, j] = math.sin(angle) if kind % 2 == 0 else math.cos(angle)
+    attn = layer.video_inject_attn3_tmp
+    q = attn.to_q(layer.video_inject_norm7(x) + code.repeat(2, 1)[:, None])  # sample-major rows, (y, x) inside
+    expected = attn.to_out(relative_attention(q, keys, values, attn.heads, attn.relative_position_k.embeddings_table,
+                                              attn.relative_position_v.embeddings_table, torch.arange(4)))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, keys, values, torch.arange(4), (h, w)), expected)
+    with pytest.raises(ValueError, match=r"need the \(h, w\) grid"):
+        layer(x, keys, values, torch.arange(4))
+
+
 def test_safetensors_round_trip_and_missing_keys(tmp_path):
     model = tiny_model("lvdm-short-t2v")
-    echoreel = tiny_echoreel(model)
+    echoreel = tiny_echoreel(model, query_positions=True)
     path = save_echoreel(echoreel, tmp_path / "e.safetensors")
     again = load_echoreel(path)
-    assert again.config == echoreel.config
+    assert again.config == echoreel.config and again.config.query_positions
     for key, value in echoreel.official_state_dict().items():
         assert torch.equal(again.official_state_dict()[key], value)
     state = {k: v for k, v in echoreel.official_state_dict().items() if "video_inject_norm7" not in k}

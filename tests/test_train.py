@@ -83,11 +83,13 @@ def echoreel_params(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 def test_presets_and_overrides_load_and_help_lists_the_keys(capsys, tmp_path):
     assert set(preset_configs()) == {"lvdm", "videocrafter2", "videocrafter1_t2v", "videocrafter1_i2v", "toy"}
-    assert load_config("toy").train.timesteps == [600, 1000]  # the toy model's own settings
+    toy = load_config("toy")  # the toy model's own settings
+    assert toy.train.timesteps == [600, 1000] and toy.echoreel.query_positions and toy.train.max_steps == 900
     for name in set(preset_configs()) - {"toy"}:  # the official hyper-parameters
         cfg = load_config(name, ["train.batch_size=1"])
         assert cfg.optim.lr == 1e-4 and list(cfg.optim.betas) == [0.9, 0.9] and cfg.optim.weight_decay == 0.03
         assert cfg.train.batch_size == 1 and cfg.data.frames == 16 and cfg.data.stride == 4
+        assert not cfg.echoreel.query_positions
     assert load_config("lvdm").train.batch_size == 6
     assert load_config("lvdm", ["echoreel.prism.layers=4"]).echoreel.prism.layers == 4
     custom = tmp_path / "mine.yaml"

@@ -16,6 +16,12 @@ Sites:
   in the same layout as LVDM's: `{...}.2.transformer_blocks.0.video_inject_*`. Heads follow the
   host block (VideoCrafter: 64-wide heads; LVDM: 8 heads).
 
+Position-aware queries (`query_positions`, off for every official configuration): a fixed 2D
+sinusoidal code of each token's (y, x) is added to the normed tokens before `to_q`. The values
+reach every position of a frame alike, so the layers can only place the reference's motion
+where the queries know where they are; a real VideoCrafter UNet's features do, the toy model's
+8x8 ones hardly (README, the toy model). No parameters, so zero-init identity still holds.
+
 `video_inject_attn3` and `video_inject_norm6` (the official spatial branch, whose input is
 hard-wired to None) exist only so that the official weights load; they are never run.
 
@@ -26,6 +32,9 @@ detaching puts None back, so the base UNet's parameters and state dict never cha
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import functools
+import math
 
 import torch
 import torch.nn as nn
@@ -58,11 +67,25 @@ def integration_sites(unet: nn.Module) -> tuple[Site, ...]:
     return tuple(sites)
 
 
+@functools.lru_cache(maxsize=32)
+def position_code(height: int, width: int, channels: int) -> torch.Tensor:
+    """(height * width, channels) in (y, x) row-major order: sin and cos of x and of y at the
+    frequencies pi * k / size, k = 1..4, repeated over the channels."""
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                            indexing="ij")
+    waves = []
+    for k in range(math.ceil(channels / 4)):
+        fx, fy = math.pi * (k % 4 + 1) / width, math.pi * (k % 4 + 1) / height
+        waves += [torch.sin(fx * xs), torch.cos(fx * xs), torch.sin(fy * ys), torch.cos(fy * ys)]
+    return torch.stack(waves[:channels], dim=-1).reshape(height * width, channels)
+
+
 class ActionIntegration(nn.Module):
     """The EchoReel layers of one site, with the official attribute names."""
 
-    def __init__(self, site: Site, tout_dim: int, frames: int, latent_channels: int):
+    def __init__(self, site: Site, tout_dim: int, frames: int, latent_channels: int, query_positions: bool = False):
         super().__init__()
+        self.query_positions = query_positions
         c, heads = site.channels, site.heads
         self.video_inject_attn3 = Attention(c, frames * latent_channels, heads, c // heads)  # dead (Sout)
         self.video_inject_attn3_tmp = Attention(c, tout_dim, heads, c // heads, relative_distance=frames)
@@ -78,11 +101,19 @@ class ActionIntegration(nn.Module):
         return attn.to_k(tokens), attn.to_v(tokens)
 
     def forward(
-        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_positions: torch.Tensor
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_positions: torch.Tensor,
+        grid: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """The residual to add: x ((b h w), t, c); keys/values (b, n_ref, c) of each sample's reference."""
+        """The residual to add: x ((b h w), t, c) on an (h, w) grid; keys/values (b, n_ref, c) of
+        each sample's reference."""
         attn = self.video_inject_attn3_tmp
-        q = attn.to_q(self.video_inject_norm7(x))
+        normed = self.video_inject_norm7(x)
+        if self.query_positions:
+            if grid is None or x.shape[0] % (grid[0] * grid[1]):
+                raise ValueError(f"position-aware queries need the (h, w) grid of the {x.shape[0]} token rows, got {grid}")
+            code = position_code(*grid, x.shape[-1]).to(x.device, x.dtype)  # (h*w, c)
+            normed = (normed.unflatten(0, (-1, grid[0] * grid[1])) + code[:, None]).flatten(0, 1)
+        q = attn.to_q(normed)
         out = relative_attention(
             q, keys, values, attn.heads,
             attn.relative_position_k.embeddings_table, attn.relative_position_v.embeddings_table,
@@ -104,7 +135,7 @@ class SiteHook:
         """Project once, in the layer's own dtype (EchoReel may be kept in another dtype than the UNet)."""
         self.keys, self.values = self.layer.project_reference(tokens.to(self.layer.video_inject_norm7.weight.dtype))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         state = self.attachment
         if not state.active or state.strength == 0.0:
             return x
@@ -115,7 +146,7 @@ class SiteHook:
                 f"the UNet batch holds {x.shape[0]} token rows, not a multiple of the "
                 f"{self.keys.shape[0]} bound reference feature sets"
             )
-        residual = self.layer(x.to(self.keys.dtype), self.keys, self.values, state.key_positions)  # no-op casts
+        residual = self.layer(x.to(self.keys.dtype), self.keys, self.values, state.key_positions, grid)  # no-op casts
         return x + state.strength * residual.to(x.dtype)  # when EchoReel and the UNet share a dtype
 
 

@@ -38,12 +38,14 @@ class EchoReelConfig:
     base_family: str  # "lvdm" or "videocrafter"
     prism: ActionPrismConfig
     sites: tuple[Site, ...]
+    query_positions: bool = False  # integration.position_code on the queries; never in official weights
 
     def describe(self) -> str:
         widths = sorted({s.channels for s in self.sites})
         return (
             f"{self.base_family} ({len(self.sites)} sites of {'/'.join(map(str, widths))} channels, text "
-            f"{self.prism.text_dim}, reference latent {self.prism.latent_height}x{self.prism.latent_width})"
+            f"{self.prism.text_dim}, reference latent {self.prism.latent_height}x{self.prism.latent_width}"
+            f"{', position-aware queries' if self.query_positions else ''})"
         )
 
     def to_json(self) -> str:
@@ -52,7 +54,8 @@ class EchoReelConfig:
     @classmethod
     def from_json(cls, text: str) -> "EchoReelConfig":
         data = json.loads(text)
-        return cls(data["base_family"], ActionPrismConfig(**data["prism"]), tuple(Site(**s) for s in data["sites"]))
+        return cls(data["base_family"], ActionPrismConfig(**data["prism"]), tuple(Site(**s) for s in data["sites"]),
+                   data.get("query_positions", False))
 
     @classmethod
     def for_preset(cls, preset: ModelPreset, **prism_fields) -> "EchoReelConfig":
@@ -80,7 +83,8 @@ class EchoReel(nn.Module):
         p = config.prism
         self.video_inject_process = ActionPrism(p)
         self.integration = nn.ModuleList(
-            [ActionIntegration(site, p.tout_dim, p.frames, p.latent_channels) for site in config.sites]
+            [ActionIntegration(site, p.tout_dim, p.frames, p.latent_channels, config.query_positions)
+             for site in config.sites]
         )
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:

@@ -67,7 +67,7 @@ class BasicTransformerBlockST(nn.Module):
         x = rearrange(x, "(b t) (h w) c -> (b h w) t c", b=b, h=h)
         x = x + self.attn2_tmp(self.norm5(x))
         if self.action_integration is not None:
-            x = self.action_integration(x)
+            x = self.action_integration(x, (h, w))
         x = x + self.ff(self.norm3(x))
         return rearrange(x, "(b h w) t c -> b c t h w", b=b, h=h, w=w)
 

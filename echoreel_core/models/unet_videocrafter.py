@@ -57,11 +57,13 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.action_integration = None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                grid: tuple[int, int] | None = None) -> torch.Tensor:
+        # grid: the (h, w) of the ((b h w), t, c) tokens of a temporal block, for action_integration
         x = x + self.attn1(self.norm1(x))
         x = x + self.attn2(self.norm2(x), context)
         if self.action_integration is not None:
-            x = self.action_integration(x)
+            x = self.action_integration(x, grid)
         return x + self.ff(self.norm3(x))
 
 
@@ -118,7 +120,7 @@ class TemporalTransformer(nn.Module):
         _, _, _, h, w = video.shape
         tokens = self._project(self.proj_in, rearrange(self.norm(video), "b c t h w -> (b h w) t c"))
         for block in self.transformer_blocks:
-            tokens = block(tokens)
+            tokens = block(tokens, grid=(h, w))
         tokens = self._project(self.proj_out, tokens)
         out = rearrange(tokens, "(b h w) t c -> (b t) c h w", b=batch_size, h=h, w=w)
         return out + x
