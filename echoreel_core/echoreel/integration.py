@@ -31,10 +31,9 @@ detaching puts None back, so the base UNet's parameters and state dict never cha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
