@@ -111,8 +111,8 @@ def figures(rows: list[PairResult]) -> dict:
     for way in ("without", "with_echoreel", "round_trip"):
         outcomes = [(getattr(r, way), r) for r in rows]
         judged = [(o, r) for o, r in outcomes if o.colour is not None]
-        colour = [o.colour == r.reference_object[0] for o, r in judged]
-        shape = [o.shape == r.reference_object[1] for o, r in judged]
+        leaks = [metrics.leaked((o.colour, o.shape), r.prompt_object, r.reference_object) for o, r in judged]
+        colour, shape = [c for c, _ in leaks], [s for _, s in leaks]
         out[way] = {
             "motion_fidelity": sum(o.cosine for o, _ in outcomes) / len(rows),
             "detection_rate": sum(o.detected for o, _ in outcomes) / len(rows),

@@ -45,7 +45,7 @@ Motion fidelity (`motion_vector`, `motion_cosine`, `motion_fidelity`)
     a zero vector (nothing detected, or no motion at all) is 0. `motion_fidelity` is the mean
     cosine over the set: 1 for identical motion, about 0 for unrelated, -1 for reversed.
 
-Content leakage (`video_object`, `follows_reference`, `content_leakage`)
+Content leakage (`video_object`, `leaked`)
     A generated video's object is the majority vote of its detected frames' colours and shapes.
     It leaks when its colour equals the reference's (where the reference's colour differs from the
     prompt's) or likewise its shape. The rate is over the videos with at least one detection: an
@@ -269,24 +269,11 @@ def video_object(tr: Track) -> tuple[str, str] | None:
     return Counter(d.colour for d in found).most_common(1)[0][0], Counter(d.shape for d in found).most_common(1)[0][0]
 
 
-def follows_reference(tr: Track, prompt_object, reference_object) -> bool | None:
-    """Whether the generated object's colour or shape is the reference's instead of the prompt's
-    (attributes the two share are not judged); None when nothing was detected."""
-    seen = video_object(tr)
-    if seen is None:
-        return None
+def leaked(seen: tuple[str, str], prompt_object, reference_object) -> tuple[bool, bool]:
+    """(colour, shape): whether the generated object's attribute is the reference's instead of the
+    prompt's; an attribute the two share is never leakage."""
     (pc, ps), (rc, rs) = _object(prompt_object), _object(reference_object)
-    return (rc != pc and seen[0] == rc) or (rs != ps and seen[1] == rs)
-
-
-def content_leakage(generated: Sequence[Track], prompt_objects: Sequence, reference_objects: Sequence) -> float:
-    """The fraction of the judged generated videos (>= 1 detection) that follow the reference's
-    colour or shape; nan when none can be judged."""
-    if not (len(generated) == len(prompt_objects) == len(reference_objects)):
-        raise ValueError("need one prompt object and one reference object per generated video")
-    verdicts = [follows_reference(t, p, r) for t, p, r in zip(generated, prompt_objects, reference_objects)]
-    judged = [v for v in verdicts if v is not None]
-    return sum(judged) / len(judged) if judged else float("nan")
+    return rc != pc and seen[0] == rc, rs != ps and seen[1] == rs
 
 
 # ---- looking at results ------------------------------------------------------------------------
