@@ -66,17 +66,19 @@ def integration_sites(unet: nn.Module) -> tuple[Site, ...]:
     return tuple(sites)
 
 
-@functools.lru_cache(maxsize=32)
-def position_code(height: int, width: int, channels: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def position_code(height: int, width: int, channels: int, device: torch.device = torch.device("cpu"),
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(height * width, channels) in (y, x) row-major order: sin and cos of x and of y at the
-    frequencies pi * k / size, k = 1..4, repeated over the channels."""
+    frequencies pi * k / size, k = 1..4, repeated over the channels. Cached per grid, device and
+    dtype: every sampling step asks for the same few codes."""
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
                             indexing="ij")
     waves = []
     for k in range(math.ceil(channels / 4)):
         fx, fy = math.pi * (k % 4 + 1) / width, math.pi * (k % 4 + 1) / height
         waves += [torch.sin(fx * xs), torch.cos(fx * xs), torch.sin(fy * ys), torch.cos(fy * ys)]
-    return torch.stack(waves[:channels], dim=-1).reshape(height * width, channels)
+    return torch.stack(waves[:channels], dim=-1).reshape(height * width, channels).to(device, dtype)
 
 
 class ActionIntegration(nn.Module):
@@ -110,7 +112,7 @@ class ActionIntegration(nn.Module):
         if self.query_positions:
             if grid is None or x.shape[0] % (grid[0] * grid[1]):
                 raise ValueError(f"position-aware queries need the (h, w) grid of the {x.shape[0]} token rows, got {grid}")
-            code = position_code(*grid, x.shape[-1]).to(x.device, x.dtype)  # (h*w, c)
+            code = position_code(*grid, x.shape[-1], x.device, x.dtype)  # (h*w, c)
             normed = (normed.unflatten(0, (-1, grid[0] * grid[1])) + code[:, None]).flatten(0, 1)
         q = attn.to_q(normed)
         out = relative_attention(
