@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from echoreel_core.checkpoints import save_video_model
 from echoreel_core.data import DatasetError, PairDataset, StreamSampler, VideoSpec, load_entries
 from echoreel_core.echoreel.features import Reference, prism_tokens
-from echoreel_core.echoreel.weights import load_echoreel
+from echoreel_core.echoreel.weights import load_echoreel, save_echoreel
 from echoreel_core.models.video_model import VideoModel
 from echoreel_core.presets import tiny_preset
 from echoreel_core.train import Trainer, main, train
@@ -161,6 +161,14 @@ def test_training_timesteps_are_drawn_from_the_configured_range(world, tmp_path)
     trainer = Trainer(load_config(None, overrides(world, tmp_path, "train.timesteps=[700,710]")))
     drawn = torch.cat([trainer.prepare([trainer.dataset[p] for p in range(4)])["timesteps"] for _ in range(3)])
     assert int(drawn.min()) >= 700 and int(drawn.max()) < 710
+
+
+def test_position_aware_queries_come_from_the_config_and_must_match_init_weights(world, tmp_path):
+    trainer = Trainer(load_config(None, overrides(world, tmp_path / "a", "echoreel.query_positions=true")))
+    assert trainer.echoreel.config.query_positions
+    init = save_echoreel(trainer.echoreel, tmp_path / "init.safetensors")
+    with pytest.raises(ConfigError, match="these weights have query_positions=True, the config says False"):
+        Trainer(load_config(None, overrides(world, tmp_path / "b", f"echoreel.init={init}")))
 
 
 def test_training_reduces_the_loss_and_changes_only_echoreel(world, tmp_path):
