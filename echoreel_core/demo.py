@@ -17,10 +17,11 @@ import time
 import torch
 
 from .checkpoints import load_video_model
-from .echoreel.features import Reference, action_features, encode_reference
+from .echoreel.features import encode_reference
 from .echoreel.weights import load_echoreel
-from .pipeline import EchoReelGuidance, SamplingSettings, decode_to_frames, generate_latents
+from .pipeline import SamplingSettings
 from .toy import metrics
+from .toy.evaluate import without_and_with
 from .toy.models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_REFERENCE_FILE, shipped
 from .toy.world import World
 from .video_io import frames_to_model_input, read_video_frames, write_video
@@ -47,12 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = SamplingSettings(height=preset.height, width=preset.width, frames=preset.frames, fps=preset.fps,
                                 steps=args.steps, cfg=preset.cfg, seed=args.seed)
     latents = encode_reference(model.vae, frames_to_model_input(reference), torch.Generator().manual_seed(args.seed))
-    prompt, negative = model.encode_text([args.prompt]), model.encode_text([""])  # once for both runs
-    features = action_features(echoreel, prompt, negative,
-                               [Reference(latents, model.encode_text([args.reference_caption]))])
-    guide = EchoReelGuidance(echoreel, features, args.strength)
-    without, with_echoreel = (decode_to_frames(model, generate_latents(model, prompt, negative, settings, echoreel=g))
-                              for g in (None, guide))
+    without, with_echoreel = without_and_with(model, echoreel, args.prompt, latents, args.reference_caption, settings,
+                                              args.strength)
     path = write_video(args.output, metrics.grid(reference, without, with_echoreel), fps=world.fps)
     print(f"wrote {path}: reference | without EchoReel | with EchoReel, {preset.frames} frames of "
           f"{preset.width}x{preset.height} ({args.steps} DDIM steps, cfg {preset.cfg}) in "

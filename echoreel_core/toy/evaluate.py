@@ -77,6 +77,18 @@ def _outcome(frames: torch.Tensor, reference_track: metrics.Track, world: World)
     return Outcome(metrics.motion_cosine(track, reference_track), metrics.detection_rate(track), *seen)
 
 
+def without_and_with(model: VideoModel, echoreel: EchoReel, prompt: str, reference_latents: torch.Tensor,
+                     reference_caption: str, settings: SamplingSettings, strength: float = 1.0):
+    """The prompt sampled twice with the same seed and steps, without and with EchoReel fed the
+    reference latents (1, c, t, h, w): two (t, H, W, 3) videos. The texts are encoded once."""
+    context, negative = model.encode_text([prompt]), model.encode_text([""])
+    features = action_features(echoreel, context, negative, [Reference(reference_latents,
+                                                                       model.encode_text([reference_caption]))])
+    guide = EchoReelGuidance(echoreel, features, strength)
+    return tuple(decode_to_frames(model, generate_latents(model, context, negative, settings, echoreel=g))
+                 for g in (None, guide))
+
+
 def evaluate_pair(model: VideoModel, echoreel: EchoReel, entry, extra: dict, settings: EvalSettings, index: int,
                   world: World):
     """Sample one pair both ways; returns its PairResult and the (reference, without, with) frames."""
@@ -85,11 +97,8 @@ def evaluate_pair(model: VideoModel, echoreel: EchoReel, entry, extra: dict, set
     sampling = SamplingSettings(height=world.height, width=world.width, frames=world.frames, fps=model.preset.fps,
                                 steps=settings.steps, cfg=settings.cfg, seed=settings.seed + index)
     latents = encode_reference(model.vae, frames_to_model_input(reference), torch.Generator().manual_seed(index))
-    prompt, negative = model.encode_text([entry.prompt]), model.encode_text([""])  # once for both runs
-    features = action_features(echoreel, prompt, negative, [Reference(latents, model.encode_text([entry.caption]))])
-    guide = EchoReelGuidance(echoreel, features, settings.strength)
-    without, with_echoreel = (decode_to_frames(model, generate_latents(model, prompt, negative, sampling, echoreel=g))
-                              for g in (None, guide))
+    without, with_echoreel = without_and_with(model, echoreel, entry.prompt, latents, entry.caption, sampling,
+                                              settings.strength)
     ref_track = metrics.track(reference, colours=world.colours, shapes=world.shapes)
     target, source = extra["target_clip"], extra["reference_clip"]
     result = PairResult(
