@@ -2,6 +2,7 @@
 action's motion as the tracker sees it, and the measures (fidelity, leakage, detection) on clean,
 mp4-coded and blurred clips. Everything is 64x64 and a few clips: the file runs in seconds."""
 
+import dataclasses
 import json
 import random
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from echoreel_core.data import VideoSpec, load_entries, read_clip
 from echoreel_core.toy import metrics, world
 from echoreel_core.toy.metrics import (
-    detection_rate, grid, grid_image, leaked, motion_cosine,
+    Track, detection_rate, grid, grid_image, leaked, motion_cosine,
     motion_fidelity, motion_vector, track, video_object,
 )
 from echoreel_core.toy.world import (
@@ -264,6 +265,11 @@ def test_motion_fidelity():
         (1 + motion_cosine(left, other_object) + motion_cosine(left, right)) / 3)
     v = motion_vector(left)
     assert v.shape == (45,) and float(v[:15].mean()) < 0 and float(v[15:].abs().max()) < 5e-3
+    # the same path drawn by an object whose size flickers: the size part counts, the path part ignores it
+    flicker = Track(tuple(dataclasses.replace(d, area=d.area * (1.5 if i % 2 else 1.0)) for i, d in enumerate(left)),
+                    left.height, left.width)
+    assert motion_cosine(flicker, left) < 0.5
+    assert motion_cosine(flicker, left, size_weight=0.0) == pytest.approx(1.0)
 
 
 def test_motion_fidelity_with_missing_detections():

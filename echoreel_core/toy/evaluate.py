@@ -6,6 +6,8 @@ prompt twice with the same seed and steps, without and with EchoReel fed the ref
 (read from its mp4 file as a user's would be), tracks the object in every frame, and reports
 (toy-world.md):
     motion fidelity: the mean cosine between the generated and the reference motion vectors;
+    path fidelity: the same without the size changes (where the object goes, not how big it is),
+        which tells a wrong path from a right path drawn by an object whose size flickers;
     content leakage: the share of generated videos whose colour or shape follows the reference;
     detection rate: the share of generated frames in which an object is found;
 per action and overall, as JSON, plus a GIF grid (reference | without | with) per pair.
@@ -54,6 +56,7 @@ class Outcome:
     """What the tracker saw in one video."""
 
     cosine: float  # motion cosine with the reference
+    path_cosine: float  # the same over positions only (size_weight 0)
     detected: float  # share of frames with an object
     colour: str | None  # majority over the detected frames (None: nothing detected)
     shape: str | None
@@ -74,7 +77,8 @@ class PairResult:
 def _outcome(frames: torch.Tensor, reference_track: metrics.Track, world: World) -> Outcome:
     track = metrics.track(frames, colours=world.colours, shapes=world.shapes)
     seen = metrics.video_object(track) or (None, None)
-    return Outcome(metrics.motion_cosine(track, reference_track), metrics.detection_rate(track), *seen)
+    return Outcome(metrics.motion_cosine(track, reference_track), metrics.motion_cosine(track, reference_track, 0.0),
+                   metrics.detection_rate(track), *seen)
 
 
 def without_and_with(model: VideoModel, echoreel: EchoReel, prompt: str, reference_latents: torch.Tensor,
@@ -124,6 +128,7 @@ def figures(rows: list[PairResult]) -> dict:
         colour, shape = [c for c, _ in leaks], [s for _, s in leaks]
         out[way] = {
             "motion_fidelity": sum(o.cosine for o, _ in outcomes) / len(rows),
+            "path_fidelity": sum(o.path_cosine for o, _ in outcomes) / len(rows),
             "detection_rate": sum(o.detected for o, _ in outcomes) / len(rows),
             "content_leakage": _share([c or s for c, s in zip(colour, shape)]),
             "colour_leakage": _share(colour),
@@ -172,13 +177,14 @@ def evaluate(model: VideoModel, echoreel: EchoReel, data_json: str | Path, setti
 
 def format_report(report: dict) -> str:
     """A table: one row per action, then overall; each cell 'without / with EchoReel'."""
-    lines = ["action     pairs  motion fidelity  content leakage (colour, shape)  objects found  prompt's object"
-             "  | VAE round trip: fidelity"]
+    lines = ["action     pairs  motion fidelity  path fidelity    content leakage (colour, shape)  objects found"
+             "  prompt's object  | VAE round trip: fidelity"]
     rows = list(report["per_action"].items()) + [("overall", report["overall"])]
     for name, f in rows:
         w, e = f["without"], f["with_echoreel"]
         lines.append(
             f"{name:<10} {f['pairs']:>5}  {w['motion_fidelity']:>6.3f} / {e['motion_fidelity']:<6.3f}"
+            f"  {w['path_fidelity']:>6.3f} / {e['path_fidelity']:<6.3f}"
             f"  {w['content_leakage']:>4.0%} / {e['content_leakage']:<4.0%} ({e['colour_leakage']:.0%}, "
             f"{e['shape_leakage']:.0%})        {w['detection_rate']:>5.1%} / {e['detection_rate']:<6.1%}"
             f" {w['prompt_object']:>4.0%} / {e['prompt_object']:<4.0%}    | {f['round_trip']['motion_fidelity']:.3f}")
