@@ -10,14 +10,16 @@ is what gets saved (a short from-scratch diffusion run samples far better from i
     python -m echoreel_core.toy.pretrain vae  OUT/vae.safetensors
     python -m echoreel_core.toy.pretrain base OUT/base.safetensors --vae OUT/vae.safetensors
     python -m echoreel_core.toy.pretrain base OUT/base_motion.safetensors --vae OUT/vae.safetensors \
-        --init OUT/base.safetensors     # the second base phase: timesteps 500-999 only
+        --init OUT/base.safetensors --phase noisy           # timesteps 500-999 only
+    python -m echoreel_core.toy.pretrain base OUT/base_detail.safetensors --vae OUT/vae.safetensors \
+        --init OUT/base_motion.safetensors --phase clean --seed 2   # timesteps 0-499 only
 
 What each stage sees (`DEFAULT_SPLIT`):
     VAE: single frames of clips of the Prism actions (a superset of the base actions; an image
         autoencoder learns shapes and colours, not motion).
     Base: clips of the base actions only (moving left/right/up/down); 25 % of captions drop the
-        action and 10 % are empty (classifier-free guidance). Two phases: all timesteps, then
-        the noisy half only (MOTION_SCHEDULE).
+        action and 10 % are empty (classifier-free guidance). Three phases: all timesteps, then
+        the noisy half only (MOTION_SCHEDULE), then the clean half only (DETAIL_SCHEDULE).
 """
 
 from __future__ import annotations
@@ -190,6 +192,11 @@ BASE_SCHEDULE = Schedule(steps=1500, lr=1e-3, warmup=100)
 # dominated by the low-noise detail, and the base model learnt objects well before it learnt to
 # move them as its caption says
 MOTION_SCHEDULE = Schedule(steps=800, lr=3e-4, warmup=20, timesteps=(500, 1000))
+# and last the clean half, where an object gets its outline and its size: after the first two
+# phases, generated objects changed size from frame to frame about as much as the reference's
+# motion moved them, which the motion measure counts (README, the toy model)
+DETAIL_SCHEDULE = Schedule(steps=1200, lr=3e-4, warmup=20, timesteps=(0, 500))
+BASE_PHASES = {"all": BASE_SCHEDULE, "noisy": MOTION_SCHEDULE, "clean": DETAIL_SCHEDULE}
 BASE_BATCH = 8
 DROP_ACTION = 0.25  # captions that name only the object
 DROP_CAPTION = 0.10  # empty captions: the unconditional branch of classifier-free guidance
@@ -250,8 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=("vae", "base"))
     parser.add_argument("out", help="the safetensors file to write")
     parser.add_argument("--vae", help="base stage: the VAE written by the vae stage")
-    parser.add_argument("--init", help="base stage: continue from this base model with the motion schedule")
-    parser.add_argument("--steps", type=int, help="optimizer steps (default: vae 1500, base 1500)")
+    parser.add_argument("--init", help="base stage: continue from this base model (the noisy and clean phases)")
+    parser.add_argument("--phase", choices=tuple(BASE_PHASES), default="all",
+                        help="base stage: the timesteps trained on: all (from scratch), noisy (500-999) or "
+                             "clean (0-499)")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default: vae 1500; base all 1500, noisy 800, "
+                                                  "clean 1200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
@@ -265,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.vae:
             parser.error("the base stage needs --vae (the file the vae stage wrote)")
-        default = MOTION_SCHEDULE if args.init else BASE_SCHEDULE
+        if (args.phase == "all") == bool(args.init):
+            parser.error("the all phase starts from scratch; the noisy and clean phases need --init")
+        default = BASE_PHASES[args.phase]
         schedule = dataclasses.replace(default, steps=args.steps or default.steps)
         init = load_video_model(args.init) if args.init else None
         model = train_base(load_vae(args.vae), args.seed, schedule, init=init)

@@ -5,9 +5,10 @@ it stopped; the Prism stage resumes from its own latest checkpoint):
     1. data: the Prism training pairs (2000, seed 0) as mp4 files + the official JSON;
     2. vae: the AutoencoderKL (`toy.pretrain vae`);
     3. base: UNet + text encoder on the base actions (`toy.pretrain base`), then on their noisy
-       half only (`toy.pretrain base --init`), where captions must steer the motion;
-    4. echoreel: the Action Prism and integration layers, by the project's trainer
-       (`python -m echoreel_core.train --config toy`);
+       half only (`--phase noisy`), where captions must steer the motion, then on their clean
+       half only (`--phase clean`), where objects get their outline and size;
+    4. echoreel: the Action Prism and integration layers over the final base, by the project's
+       trainer (`python -m echoreel_core.train --config toy`);
     5. ship: the base model (fp16) and the EchoReel weights (fp32) into --out, with a reference
        video of a held-out action for the demo;
     6. evaluate: `toy.evaluate` on 60 held-out pairs, report into --work/eval.
@@ -37,6 +38,7 @@ log = logging.getLogger("echoreel.toy.retrain")
 
 PRISM_PAIRS = 2000
 DEMO_REFERENCE_SEED = 7
+DETAIL_SEED = 2  # the clean phase draws a clip stream of its own (the first two phases share seed 0's)
 
 
 def write_demo_reference(path: Path, world: World = World()) -> Path:
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int, default=pretrain.VAE_SCHEDULE.steps)
     parser.add_argument("--base-steps", type=int, default=pretrain.BASE_SCHEDULE.steps)
     parser.add_argument("--motion-steps", type=int, default=pretrain.MOTION_SCHEDULE.steps)
+    parser.add_argument("--detail-steps", type=int, default=pretrain.DETAIL_SCHEDULE.steps)
     parser.add_argument("--echoreel-steps", type=int, help="default: the toy training config's")
     parser.add_argument("--eval-pairs", type=int, default=60, help="held-out pairs evaluated at the end")
     parser.add_argument("--eval-steps", type=int, default=evaluate.EvalSettings.steps)
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
     prism_json = work / "data" / "prism" / "prism.json"
     stage("data", prism_json, lambda: write_dataset(work / "data", "prism", args.pairs, seed=0, workers=2))
-    vae_file, base_file, motion_file = (work / f"{name}.safetensors" for name in ("vae", "base", "base_motion"))
+    vae_file, base_file, motion_file, detail_file = (work / f"{name}.safetensors"
+                                                     for name in ("vae", "base", "base_motion", "base_detail"))
     vae_schedule = dataclasses.replace(pretrain.VAE_SCHEDULE, steps=args.vae_steps)
     base_schedule = dataclasses.replace(pretrain.BASE_SCHEDULE, steps=args.base_steps)
     stage("vae", vae_file, lambda: pretrain.save_vae(pretrain.train_vae(schedule=vae_schedule), vae_file))
@@ -84,10 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         pretrain.train_base(pretrain.load_vae(vae_file), schedule=base_schedule), base_file))
     stage("base_motion", motion_file, lambda: save_video_model(pretrain.train_base(
         pretrain.load_vae(vae_file), schedule=motion_schedule, init=load_video_model(base_file)), motion_file))
+    detail_schedule = dataclasses.replace(pretrain.DETAIL_SCHEDULE, steps=args.detail_steps)
+    stage("base_detail", detail_file, lambda: save_video_model(pretrain.train_base(
+        pretrain.load_vae(vae_file), DETAIL_SEED, detail_schedule, init=load_video_model(motion_file)), detail_file))
     echoreel_file = work / "echoreel" / "echoreel.safetensors"
 
     def train_echoreel() -> None:
-        code = train_main(["--config", "toy", f"model.checkpoint={motion_file}", f"data.json={prism_json}",
+        code = train_main(["--config", "toy", f"model.checkpoint={detail_file}", f"data.json={prism_json}",
                            f"train.output_dir={work / 'echoreel'}", "train.resume=auto"]
                           + ([f"train.max_steps={args.echoreel_steps}"] if args.echoreel_steps else []))
         if code:
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     stage("echoreel", echoreel_file, train_echoreel)
     for name in (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
-    save_video_model(load_video_model(motion_file), out / TOY_MODEL_FILE, dtype=torch.float16)
+    save_video_model(load_video_model(detail_file), out / TOY_MODEL_FILE, dtype=torch.float16)
     save_echoreel(load_echoreel(echoreel_file), out / TOY_ECHOREEL_FILE)
     write_demo_reference(out / TOY_REFERENCE_FILE)
     log.info("shipped files written to %s", out)
