@@ -48,9 +48,9 @@ Outputs (train.output_dir): `config.yaml` (resolved), `checkpoints/step_N.pt` pl
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import contextlib
 import csv
+import dataclasses
 import logging
 import os
 import sys

@@ -89,7 +89,7 @@ def test_presets_and_overrides_load_and_help_lists_the_keys(capsys, tmp_path):
         cfg = load_config(name, ["train.batch_size=1"])
         assert cfg.optim.lr == 1e-4 and list(cfg.optim.betas) == [0.9, 0.9] and cfg.optim.weight_decay == 0.03
         assert cfg.train.batch_size == 1 and cfg.data.frames == 16 and cfg.data.stride == 4
-        assert not cfg.echoreel.query_positions
+        assert not cfg.echoreel.query_positions and cfg.train.timesteps == [0, 1000]
     assert load_config("lvdm").train.batch_size == 6
     assert load_config("lvdm", ["echoreel.prism.layers=4"]).echoreel.prism.layers == 4
     custom = tmp_path / "mine.yaml"
