@@ -9,18 +9,21 @@ tensors as its parameters, so a checkpoint is never held in memory twice.
 
 from __future__ import annotations
 
-import pickle
+import logging
 import re
+import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .detect import UnknownModelError, detect_family, detect_preset
 from .files import atomic_write
 from .models.video_model import VideoModel, component_prefixes
 from .presets import ModelPreset
+
+log = logging.getLogger(__name__)
 
 FORMAT = "echoreel.video_model"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -47,8 +50,10 @@ class CheckpointError(ValueError):
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors of a checkpoint file (memory-mapped where possible) and its metadata."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file (expected a .ckpt, .pt or .safetensors checkpoint)")
     if path.suffix in (".safetensors", ".sft"):
         return _read_safetensors(path)
     return _unwrap(_read_pickle(path), path), {}
@@ -59,35 +64,66 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             return {k: f.get_tensor(k) for k in f.keys()}, metadata
-    except (SafetensorError, OSError) as error:
+    except Exception as error:  # noqa: BLE001 - the parser raises several types on bad bytes; all mean "unreadable"
         raise CheckpointError(
-            f"{path}: not a readable safetensors file ({error}); it may be truncated or corrupt: download it again"
+            f"{path}: not a readable safetensors file ({_first_line(error)}); expected a complete .safetensors "
+            "file: it may be truncated or corrupt, download or convert it again"
         ) from error
+
+
+# How torch's weights-only unpickler words a refusal to import or call something (torch 2.4 to 2.13):
+# what a pickle asks to run, by name. Any of them means the file is not plain tensors and containers.
+_CODE_REQUESTS = (
+    re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global"),
+    re.compile(r"Trying to load unsupported GLOBAL (\S+) whose module \S+ is blocked"),
+    re.compile(r"Trying to call reduce for unrecognized function (.+?)(?: which belongs to|$)", re.M),
+    re.compile(r"Can only create new object for nn\.Parameter or classes allowlisted via `add_safe_globals` but got (.+)"),
+)
+
+
+def code_request(message: str) -> str | None:
+    """What a weights-only load refused to import or call, from the unpickler's message; None
+    when the message is about anything else (bad bytes)."""
+    for pattern in _CODE_REQUESTS:
+        request = pattern.search(message)
+        if request:
+            return request.group(1).strip("`<>")
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"[:300]
 
 
 def _read_pickle(path: Path) -> dict:
+    """torch.load(weights_only=True); every failure becomes a CheckpointError naming the file.
+
+    The weights-only unpickler raises whatever the bytes provoke (UnpicklingError, EOFError,
+    IndexError, KeyError, RuntimeError, ...), so everything but an interrupt is caught here;
+    a file that asks to import or call code is told apart and refused as such.
+    """
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:  # legacy (pre-zip) pickles cannot be memory-mapped
-            if "mmap" not in str(error):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        if unsafe:
+        with warnings.catch_warnings():  # bad bytes also make the unpickler warn about "protocol 42"
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:  # legacy (pre-zip) pickles cannot be memory-mapped
+                if "mmap" not in str(error):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        request = code_request(str(error))
+        if request:
             raise CheckpointError(
-                f"{path}: refused: the pickle references `{unsafe.group(1)}`, which is not a plain tensor "
-                "container. Loading it could run code, so it was not loaded. Use the official file or a "
-                ".safetensors copy."
+                f"{path}: refused: the file asks to run code ({request}), so it was not loaded. Expected a "
+                "checkpoint of plain tensors and containers: use the official file or a .safetensors copy"
             ) from error
         reason = re.search(r"WeightsUnpickler error: ([^\n]+)", str(error))
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint ({reason.group(1) if reason else 'unpickling failed'}); "
-            "it may be truncated or corrupt"
+            f"{path}: not a readable PyTorch checkpoint ({reason.group(1) if reason else _first_line(error)}); "
+            "expected a .ckpt/.pt written by torch.save: it may be truncated or corrupt, download it again"
         ) from error
-    except (RuntimeError, EOFError, ValueError, OSError) as error:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error}); it may be truncated or corrupt") from error
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -146,7 +182,7 @@ def load_video_model(
     state, metadata = read_state_dict(path)
     if preset is None:
         if metadata.get("format") == FORMAT:
-            preset = ModelPreset.from_json(metadata["preset"])
+            preset = _metadata_preset(path, metadata)
         else:
             shapes = {k: tuple(v.shape) for k, v in state.items()}
             try:
@@ -169,11 +205,43 @@ def load_video_model(
     for attribute, prefix in component_prefixes(preset).items():
         part = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         getattr(model, attribute).load_state_dict(part, strict=True, assign=True)
-    for key in SCHEDULE_KEYS:  # keep the stored arrays: the fp16 I2V file's rounding is part of it
-        if key in state:
-            setattr(model.schedule, key, state[key].float().clone())
+    _load_schedule(model, state, path)
+    check_finite(path, weights)
     model.eval()
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+def _metadata_preset(path: Path, metadata: dict[str, str]) -> ModelPreset:
+    try:
+        return ModelPreset.from_json(metadata["preset"])
+    except Exception as error:  # noqa: BLE001 - a damaged JSON or a field of another version
+        raise CheckpointError(
+            f"{path}: its `preset` metadata cannot be read ({_first_line(error)}); expected the JSON that "
+            "save_video_model writes: convert the original checkpoint again"
+        ) from error
+
+
+def _load_schedule(model: VideoModel, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Keep the stored abar and s_t exactly (the fp16 I2V file's rounding is part of it). A file
+    without them (a hand-pruned or third-party conversion) keeps the preset's official arrays
+    that VideoModel built, said once in the log."""
+    for key in SCHEDULE_KEYS:
+        if key in state:
+            setattr(model.schedule, key, state[key].float().clone())
+        elif getattr(model.schedule, key) is not None:
+            log.warning("%s: no stored `%s`; using the official %s schedule", path, key, model.preset.name)
+
+
+def check_finite(source: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse weights holding NaN or Inf, naming the first few tensors: they would sample black
+    videos with no error. One pass over the weights, at load time only."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{source}: {len(bad)} weight tensor{'s' if len(bad) > 1 else ''} hold NaN or Inf: "
+            f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; the file is damaged (or was saved from a "
+            "diverged training run): use another copy"
+        )
 
 
 def save_video_model(model: VideoModel, path: str | Path, dtype: torch.dtype | None = None) -> Path:

@@ -16,6 +16,7 @@ from .models.image_encoders import OpenCLIPVisionConfig, ResamplerConfig
 from .models.text_encoders import CLIPTextConfig, OpenCLIPTextConfig
 from .models.unet_lvdm import LVDMUNetConfig
 from .models.unet_videocrafter import VideoCrafterUNetConfig
+from .sampling.schedule import NoiseSchedule, official_alphas_cumprod, official_scale_arr
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class ModelPreset:
     @property
     def fps_conditioned(self) -> bool:
         return getattr(self.unet, "fps_cond", False)
+
+    def official_schedule(self) -> NoiseSchedule:
+        """The official config's abar (and s_t), on the CPU: what a file that stores none gets."""
+        scale = official_scale_arr(self.scale_b, fix_scale_bug=self.fix_scale_bug) if self.scale_b else None
+        return NoiseSchedule(official_alphas_cumprod(), scale)
 
     def to_json(self) -> str:
         """Serialised into our safetensors metadata so a file rebuilds its exact model."""

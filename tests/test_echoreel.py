@@ -374,3 +374,25 @@ def test_safetensors_round_trip_and_missing_keys(tmp_path):
     state = {k: v for k, v in echoreel.official_state_dict().items() if "video_inject_norm7" not in k}
     with pytest.raises(CheckpointError, match=r"14 missing: input_blocks\.1\.1\.transformer_blocks\.0\.video_inject_norm7"):
         echoreel.load_official_state_dict(state, "test source")
+
+
+@pytest.mark.parametrize("drop, expected", [
+    ("video_inject_process.", r"the Action Prism \(video_inject_process\.\*\) lacks video_inject_process\.input_to_latent\.weight"),
+    ("video_inject_process.input_to_latent.", r"Prism \(video_inject_process\.\*\) lacks video_inject_process\.input_to_latent\.weight\. Expected"),
+    ("output_blocks.", r"integration layers exist for 3 of the 7 sites of lvdm-short-t2v-custom; missing at output_blocks\.0\.1\.transformer_blocks\.0"),
+])
+def test_official_file_with_missing_groups_is_refused_naming_them(tmp_path, drop, expected):
+    """An official-layout checkpoint.pt without the Prism, or with only some sites' integration
+    layers: refused at load with the missing groups named, not a raw KeyError later."""
+    model = tiny_model("lvdm-short-t2v")
+    echoreel = tiny_echoreel(model)
+    full = tmp_path / "full.pt"
+    state = official_deepspeed_checkpoint(full, model, echoreel)
+    prefix = "_forward_module.model.diffusion_model."
+    kept = {k: v for k, v in state.items() if not k.startswith(prefix + drop)}
+    assert len(kept) < len(state)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"module": kept}, path)
+    with pytest.raises(CheckpointError, match=expected) as error:
+        load_echoreel(path)
+    assert str(error.value).startswith(f"{path}: incomplete EchoReel weights")

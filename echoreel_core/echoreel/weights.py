@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from ..checkpoints import CheckpointError, read_state_dict
+from ..checkpoints import CheckpointError, check_finite, read_state_dict
 from ..detect import UNET, UnknownModelError, detect_preset
 from ..files import atomic_write
 from ..models.unet_lvdm import LVDMUNet
@@ -136,7 +136,13 @@ def load_echoreel(path: str | Path, dtype: torch.dtype | None = torch.float32, d
     path = Path(path)
     state, metadata = read_state_dict(path)
     if metadata.get("format") == FORMAT:
-        config = EchoReelConfig.from_json(metadata["config"])
+        try:
+            config = EchoReelConfig.from_json(metadata["config"])
+        except Exception as error:  # noqa: BLE001 - a damaged JSON or a field of another version
+            raise CheckpointError(
+                f"{path}: its `config` metadata cannot be read ({type(error).__name__}: {error}); expected the "
+                "JSON that save_echoreel writes: export the weights again"
+            ) from error
         weights = state
     else:
         weights = {k[len(UNET):]: v for k, v in state.items() if k.startswith(UNET) and ECHOREEL_KEY.match(k[len(UNET):])}
@@ -150,12 +156,39 @@ def load_echoreel(path: str | Path, dtype: torch.dtype | None = torch.float32, d
                 f"{path}: EchoReel weights without the base model they were trained on, and without our "
                 f"metadata: cannot tell their base ({error})"
             ) from error
+        _check_official_groups(path, weights, preset)
         config = _official_config(preset, weights, path)
     with torch.device("meta"):
         echoreel = EchoReel(config)
     echoreel.load_official_state_dict(weights, str(path))
+    check_finite(path, weights)
     echoreel.eval()  # inference by default, as load_video_model
     return echoreel.to(device=device, dtype=dtype) if dtype is not None else echoreel.to(device)
+
+
+# The Prism tensors that size it; an official file without them cannot be EchoReel weights.
+PRISM_SIZING = ("input_to_latent.weight", "video_to_latent.weight", "net.0.attn1.to_q.weight",
+                "net.0.attn1_tmp.relative_position_k.embeddings_table")
+
+
+def _check_official_groups(path: Path, weights: dict[str, torch.Tensor], preset: ModelPreset) -> None:
+    """Refuse an official-layout file that lacks the Prism or some sites' integration layers,
+    naming what is missing, before any shape is read from it."""
+    problems = []
+    missing_prism = [PRISM + k for k in PRISM_SIZING if PRISM + k not in weights]
+    if missing_prism:
+        problems.append(f"the Action Prism ({PRISM}*) lacks {', '.join(missing_prism)}")
+    with torch.device("meta"):
+        unet = LVDMUNet(preset.unet) if preset.family == "lvdm" else VideoCrafterUNet(preset.unet)
+    sites = [site.path for site in integration_sites(unet)]
+    present = {k.split(".video_inject_")[0] for k in weights if ".video_inject_" in k}
+    absent = [site for site in sites if site not in present]
+    if absent:
+        problems.append(f"integration layers exist for {len(sites) - len(absent)} of the {len(sites)} sites of "
+                        f"{preset.name}; missing at {', '.join(absent[:4])}{', ...' if len(absent) > 4 else ''}")
+    if problems:
+        raise CheckpointError(f"{path}: incomplete EchoReel weights: " + "; ".join(problems)
+                              + ". Expected the official checkpoint.pt as released: download it again")
 
 
 def _official_config(preset: ModelPreset, weights: dict[str, torch.Tensor], path: Path) -> EchoReelConfig:

@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 
 from ..presets import ModelPreset
-from ..sampling.schedule import NoiseSchedule, official_alphas_cumprod, official_scale_arr
 from .autoencoder import AutoencoderKL
 from .image_encoders import OpenCLIPVisionEncoder, Resampler
 from .text_encoders import CLIPTextConfig, CLIPTextEncoder, OpenCLIPTextEncoder
@@ -52,8 +51,7 @@ class VideoModel(nn.Module):
         if preset.is_i2v:
             self.image_encoder = OpenCLIPVisionEncoder(preset.vision)
             self.resampler = Resampler(preset.resampler)
-        scale = official_scale_arr(preset.scale_b, fix_scale_bug=preset.fix_scale_bug) if preset.scale_b else None
-        self.schedule = NoiseSchedule(official_alphas_cumprod(), scale)
+        self.schedule = preset.official_schedule()
         self._tokenizer: CLIPTokenizer | None = None
 
     @property

@@ -16,18 +16,19 @@ SCALE_MID_STEP = 400  # s_t ramps linearly from 1 to scale_b over the first 400 
 
 
 def official_alphas_cumprod(linear_start=0.00085, linear_end=0.012, timesteps=1000) -> torch.Tensor:
-    """abar = cumprod(1 - beta), beta = linspace(sqrt(start), sqrt(end))**2; float64 math, float32 result."""
-    betas = torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64) ** 2
+    """abar = cumprod(1 - beta), beta = linspace(sqrt(start), sqrt(end))**2; float64 math, float32 result.
+    Always on the CPU, also inside a `torch.device("meta")` block: a schedule is data, never a placeholder."""
+    betas = torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64, device="cpu") ** 2
     return torch.cumprod(1.0 - betas, dim=0).float()
 
 
 def official_scale_arr(scale_b: float, timesteps=1000, fix_scale_bug=True) -> torch.Tensor:
     """s_t = linspace(1, scale_b, 400) then scale_b. The official bug (VideoCrafter2, I2V) makes the
     constant part `timesteps` long instead of `timesteps - 400`: a 1400-long array whose first
-    1000 values are the same."""
+    1000 values are the same. On the CPU, as official_alphas_cumprod."""
     constant = timesteps - SCALE_MID_STEP if fix_scale_bug else timesteps
-    ramp = torch.linspace(1.0, scale_b, SCALE_MID_STEP, dtype=torch.float64)
-    return torch.cat([ramp, torch.full((constant,), scale_b, dtype=torch.float64)]).float()
+    ramp = torch.linspace(1.0, scale_b, SCALE_MID_STEP, dtype=torch.float64, device="cpu")
+    return torch.cat([ramp, torch.full((constant,), scale_b, dtype=torch.float64, device="cpu")]).float()
 
 
 @dataclass
