@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from .models.video_model import VideoModel
-from .pipeline import EchoReelGuidance, SamplingRun, SamplingSettings, decode_to_frames, guided_denoiser, prepare_image
+from .pipeline import (EchoReelGuidance, SamplingRun, SamplingSettings, check_request, decode_to_frames, guided_denoiser,
+                       prepare_image)
 from .sampling.ddim import Denoiser, StepCallback
 from .sampling.long_video import ClipDenoisers, ClipSink, sample_long_video
 
@@ -157,6 +158,7 @@ def long_text_to_video(
     """
     if model.preset.is_i2v:
         raise ValueError(f"{model.preset.name} is an image-to-video model: use long_image_to_video")
+    check_request(model, settings, clips=num_clips)
     conds = _encode_prompts(model, _per_clip(prompts, num_clips))
     uncond = model.encode_text([negative_prompt])
     return generate_long_video(
@@ -181,6 +183,7 @@ def long_image_to_video(
     """An image (H, W, 3) in [0, 1], the same for every clip, and prompts -> frames (T, h, w, 3)."""
     if not model.preset.is_i2v:
         raise ValueError(f"{model.preset.name} is a text-to-video model: use long_text_to_video")
+    check_request(model, settings, clips=num_clips)
     prompts = _per_clip(prompts, num_clips)  # checked before the image encoder runs
     image_tokens = model.encode_image(prepare_image(image, settings.height, settings.width))
     conds = [torch.cat([text, image_tokens], dim=1) for text in _encode_prompts(model, prompts)]

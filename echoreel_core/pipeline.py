@@ -7,6 +7,7 @@ the negative prompt) and, for I2V, the tokens of a mid-grey image, as official.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from .echoreel.features import ActionFeatures
 from .echoreel.weights import EchoReel
+from .memory import check_fits, estimate_sampling_memory
 from .models.video_model import VideoModel
 from .sampling.ddim import Denoiser, StepCallback, ddim_schedule, randn, sample_ddim
 
@@ -30,10 +32,29 @@ class SamplingSettings:
     seed: int = 123
 
     def validate(self, multiple: int) -> None:
-        if self.height % multiple or self.width % multiple:
-            raise ValueError(f"height and width must be multiples of {multiple}, got {self.height}x{self.width}")
+        """Refuse sizes that cannot run, before any work: the latent must halve evenly at every level."""
+        if min(self.height, self.width) < multiple or self.height % multiple or self.width % multiple:
+            raise ValueError(f"height and width must be positive multiples of {multiple} for this model, "
+                             f"got {self.width}x{self.height} (width x height)")
         if self.frames < 1 or self.steps < 1:
             raise ValueError(f"frames and steps must be at least 1, got {self.frames} and {self.steps}")
+
+
+def size_multiple(model: VideoModel) -> int:
+    """What height and width must be multiples of: the VAE, then each UNet level, halve them."""
+    return 2 ** (len(model.preset.vae.ch_mult) - 1) * 2 ** (len(model.preset.unet.channel_mult) - 1)
+
+
+def check_request(model: VideoModel, settings: SamplingSettings, batch: int = 1, clips: int = 1) -> None:
+    """Sizes, then memory: a request that cannot run or would not fit is refused before any work,
+    with the estimate and the limit (memory.py). `clips` > 1: a long video keeps every clip's frames."""
+    settings.validate(size_multiple(model))
+    weight = next(model.unet.parameters())
+    estimate = estimate_sampling_memory(model.preset, batch, settings.frames, settings.height, settings.width,
+                                        weight.dtype)
+    estimate = dataclasses.replace(estimate, output_bytes=estimate.output_bytes * clips)
+    frames = f"{clips} clips of {settings.frames} frames" if clips > 1 else f"{settings.frames} frames"
+    check_fits(estimate, weight.device, f"{frames} at {settings.width}x{settings.height} on {model.preset.name}")
 
 
 @dataclass(frozen=True)
@@ -82,7 +103,7 @@ class SamplingRun:
         just those); latents land on the UNet's device and dtype."""
         weight = next(model.unet.parameters())
         f = 2 ** (len(model.preset.vae.ch_mult) - 1)
-        settings.validate(f * 2 ** (len(model.preset.unet.channel_mult) - 1))  # the VAE, then each UNet level, halve
+        settings.validate(size_multiple(model))
         return cls(
             device=weight.device,
             dtype=weight.dtype,
@@ -157,6 +178,7 @@ def text_to_video(
     """A prompt -> frames (t, h, w, 3) in [0, 1]."""
     if model.preset.is_i2v:
         raise ValueError(f"{model.preset.name} is an image-to-video model: use image_to_video")
+    check_request(model, settings)
     cond = model.encode_text([prompt])
     uncond = model.encode_text([negative_prompt])
     return decode_to_frames(model, generate_latents(model, cond, uncond, settings, callback, echoreel))
@@ -174,6 +196,7 @@ def image_to_video(
     """An image (H, W, 3) in [0, 1] and a prompt -> frames (t, h, w, 3) in [0, 1]."""
     if not model.preset.is_i2v:
         raise ValueError(f"{model.preset.name} is a text-to-video model: use text_to_video")
+    check_request(model, settings)
     pixels = prepare_image(image, settings.height, settings.width)
     cond = torch.cat([model.encode_text([prompt]), model.encode_image(pixels)], dim=1)
     uncond = torch.cat([model.encode_text([negative_prompt]), model.encode_image(None)], dim=1)

@@ -308,6 +308,10 @@ def write_video(path, frames: torch.Tensor, fps: float) -> str:
         raise ValueError(f"{path}: expected frames (t, h, w, 3), t >= 1; got {tuple(frames.shape)}")
     if not fps > 0 or not math.isfinite(fps):
         raise ValueError(f"{path}: fps must be a positive number, got {fps!r}")
+    if frames.is_floating_point() and not bool(torch.isfinite(frames).all()):
+        bad = sorted({int(i) for i in (~torch.isfinite(frames)).flatten(1).any(1).nonzero().flatten()})
+        raise ValueError(f"{path}: not written: frames {bad[:8]}{' ...' if len(bad) > 8 else ''} of {frames.shape[0]} "
+                         "hold NaN/Inf (they would be written black)")
     arrays = to_uint8(frames.detach().cpu()).numpy()  # (t, h, w, 3) uint8
     rate = Fraction(fps).limit_denominator(1001)
 

@@ -8,7 +8,7 @@ import torch
 from einops import rearrange
 
 from ..echoreel_core.long_pipeline import generate_long_latents
-from ..echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents, prepare_image
+from ..echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, check_request, generate_latents, prepare_image
 from . import runtime
 from .echoreel_nodes import text_context
 from .types import VIDEO_MODEL
@@ -65,8 +65,9 @@ class VideoCrafterSampler:
         }
 
     def sample(self, model, positive, negative, vae, width, height, frames, fps, steps, cfg, eta, seed, image=None):
-        cond, uncond, guidance = prepare_sampling(model, positive, negative, image, height, width)
         settings = SamplingSettings(height=height, width=width, frames=frames, fps=fps, steps=steps, cfg=cfg, eta=eta, seed=seed)
+        cond, uncond, guidance = prepare_sampling(model, positive, negative, image, height, width)
+        check_request(sampling_model(model), settings)
         progress = runtime.Progress(steps)
         latents = generate_latents(
             sampling_model(model), cond, uncond, settings, callback=lambda i, x, x0: progress.update(i + 1, x0), echoreel=guidance
@@ -137,8 +138,9 @@ class LongVideoSampler:
 
     def sample(self, model, positive, negative, vae, width, height, frames, fps, steps, cfg, eta, seed,
                clips, overlap, alpha, beta, drop_overlap, image=None):
-        cond, uncond, guidance = prepare_sampling(model, positive, negative, image, height, width)
         settings = SamplingSettings(height=height, width=width, frames=frames, fps=fps, steps=steps, cfg=cfg, eta=eta, seed=seed)
+        cond, uncond, guidance = prepare_sampling(model, positive, negative, image, height, width)
+        check_request(sampling_model(model), settings, clips=clips)
         progress = runtime.Progress(clips * steps)
         decoded, latents = [], []
 

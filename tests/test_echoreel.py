@@ -396,3 +396,19 @@ def test_official_file_with_missing_groups_is_refused_naming_them(tmp_path, drop
     with pytest.raises(CheckpointError, match=expected) as error:
         load_echoreel(path)
     assert str(error.value).startswith(f"{path}: incomplete EchoReel weights")
+
+
+def test_nan_in_the_prism_features_stops_the_run_naming_the_branch():
+    from echoreel_core.sampling.ddim import NonFiniteError
+
+    model = tiny_model("videocrafter2-t2v-512")
+    echoreel = tiny_echoreel(model)
+    context = torch.randn(1, 77, model.preset.unet.context_dim)
+    with torch.no_grad():
+        echoreel.video_inject_process.video_to_latent.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="features for the prompt branch hold NaN/Inf: the Prism overflowed"):
+        action_features(echoreel, context, context, [reference(model, 0)])
+    bad = reference(model, 0)
+    bad.latents[0, 0, 0, 0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"reference latents \[0\] already hold NaN/Inf"):
+        action_features(tiny_echoreel(model), context, context, [bad])

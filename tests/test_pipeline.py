@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from tiny import tiny_model
 
 from echoreel_core.pipeline import SamplingSettings, image_to_video, text_to_video
-from echoreel_core.video_io import probe_video
+from echoreel_core.video_io import probe_video, write_video
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SETTINGS = SamplingSettings(height=64, width=64, frames=4, fps=8, steps=4, cfg=7.5, seed=7)
@@ -46,10 +48,68 @@ def test_lvdm_text_to_video_runs():
     assert frames.shape == (4, 64, 64, 3) and torch.isfinite(frames).all()
 
 
-def test_bad_sizes_are_refused():
+@pytest.mark.parametrize("size, message", [
+    (dict(height=66, width=64), "positive multiples of 4 for this model, got 64x66"),
+    (dict(height=-8, width=64), "positive multiples of 4 for this model, got 64x-8"),
+    (dict(height=0, width=64), "positive multiples of 4 for this model, got 64x0"),
+    (dict(height=64, width=64, frames=0), "frames and steps must be at least 1, got 0 and 1"),
+])
+def test_bad_sizes_are_refused_before_any_work(size, message):
     model = tiny_model("videocrafter2-t2v-512")
-    with pytest.raises(ValueError, match="multiples of 4, got 66x64"):
-        text_to_video(model, "x", SamplingSettings(height=66, width=64, frames=2, steps=1))
+    model.encode_text = None  # any work (the text encoder runs first) would fail differently
+    with pytest.raises(ValueError, match=message):
+        text_to_video(model, "x", SamplingSettings(**{"frames": 2, "steps": 1, **size}))
+
+
+def test_a_request_beyond_the_machine_memory_is_refused_with_estimate_and_limit():
+    """256 frames at 4096x4096 must not start and then get killed."""
+    from echoreel_core.memory import InsufficientMemoryError, available_bytes
+
+    model = tiny_model("videocrafter2-t2v-512")
+    model.encode_text = None
+    started = time.perf_counter()
+    with pytest.raises(InsufficientMemoryError) as error:
+        text_to_video(model, "x", SamplingSettings(height=4096, width=4096, frames=256, steps=1))
+    assert time.perf_counter() - started < 30
+    needed, free = (float(v) for v in re.search(r"needs about ([\d.]+) GiB .* has ([\d.]+) GiB free", str(error.value)).groups())
+    assert needed > free and free == pytest.approx(available_bytes(torch.device("cpu")) / 2**30, rel=0.2)
+    assert "256 frames at 4096x4096 on videocrafter2-t2v-512" in str(error.value)
+
+
+def test_the_estimate_follows_the_size_and_counts_fused_attention_as_its_output():
+    """Linear in frames x pixels at the top level (attention is fused: no n x n weights)."""
+    from echoreel_core.memory import estimate_sampling_memory
+
+    preset = tiny_model("videocrafter2-t2v-512").preset
+    small, large = (estimate_sampling_memory(preset, 1, frames, 64, 64) for frames in (4, 16))
+    assert 3.0 < large.unet_bytes / small.unet_bytes < 4.5
+    wide = estimate_sampling_memory(preset, 1, 4, 128, 128)
+    assert 3.0 < wide.unet_bytes / small.unet_bytes < 4.5
+
+
+def test_nan_in_sampling_stops_at_the_step_it_appears():
+    from echoreel_core.sampling.ddim import NonFiniteError
+
+    model = tiny_model("videocrafter2-t2v-512")
+    done = []
+
+    def overflow_after_the_second_step(i, x, x0):
+        done.append(i)
+        if i == 1:
+            model.unet.out[-1].bias.data.fill_(float("inf"))
+
+    with pytest.raises(NonFiniteError, match=r"NaN/Inf latents at step 3 of 5 \(timestep 401\)"):
+        text_to_video(model, "x", SamplingSettings(height=64, width=64, frames=2, steps=5),
+                      callback=overflow_after_the_second_step)
+    assert done == [0, 1]
+
+
+def test_a_video_of_nan_frames_is_never_written(tmp_path):
+    frames = torch.rand(4, 8, 8, 3)
+    frames[2, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"not written: frames \[2\] of 4 hold NaN/Inf"):
+        write_video(tmp_path / "black.mp4", frames, fps=8)
+    assert not list(tmp_path.iterdir())
 
 
 def test_core_never_imports_comfy():

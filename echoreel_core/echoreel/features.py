@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.autoencoder import AutoencoderKL
+from ..sampling.ddim import NonFiniteError
 from .weights import EchoReel
 
 
@@ -68,8 +69,15 @@ def action_features(
     frames = {r.latents.shape[2] for r in references}
     if len(frames) != 1:
         raise ValueError(f"all reference videos must have the same frame count, got {sorted(frames)}")
-    return ActionFeatures(
+    features = ActionFeatures(
         cond=prism_tokens(echoreel, prompt, references),
         uncond=prism_tokens(echoreel, negative, references),
         frames_per_reference=frames.pop(),
     )
+    for branch, tokens in (("prompt", features.cond), ("negative prompt", features.uncond)):
+        if not bool(torch.isfinite(tokens).all()):
+            bad = [i for i, r in enumerate(references) if not bool(torch.isfinite(r.latents).all())]
+            cause = (f"reference latents {bad} already hold NaN/Inf (the VAE encode overflowed: use fp32 or bf16)"
+                     if bad else "the Prism overflowed in this dtype (use fp32 or bf16 EchoReel weights)")
+            raise NonFiniteError(f"the Action Prism's features for the {branch} branch hold NaN/Inf: {cause}")
+    return features

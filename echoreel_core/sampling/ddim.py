@@ -79,6 +79,20 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, step: DDIMStep, noise: torch.T
     return x_prev, x0
 
 
+class NonFiniteError(FloatingPointError):
+    """NaN or Inf appeared where a run cannot recover from it; the message says where."""
+
+
+def check_finite_latents(x: torch.Tensor, index: int, steps: list[DDIMStep], where: str = "") -> None:
+    """Stop at the first step whose latents hold NaN or Inf: every later step and the decoded
+    video would be NaN (written as a black video). One reduction per step, nothing measurable."""
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(
+            f"sampling produced NaN/Inf latents at {where}step {index + 1} of {len(steps)} (timestep {steps[index].timestep}): "
+            "the model or its inputs overflow in this dtype; try fp32 or bf16 weights, a lower cfg or EchoReel strength"
+        )
+
+
 def randn(shape, generator: torch.Generator | None, like: torch.Tensor | None = None, device=None) -> torch.Tensor:
     """Gaussian noise drawn on the generator's device (CPU by default) and then moved, so that a
     seed gives the same noise on every compute device."""
@@ -101,6 +115,7 @@ def sample_ddim(
         timesteps = torch.full((x.shape[0],), step.timestep, device=x.device, dtype=torch.long)
         eps = denoise(x, timesteps)
         x, x0 = ddim_step(x, eps.to(x.dtype), step, randn(x.shape, generator, like=x).to(x.dtype))
+        check_finite_latents(x, index, steps)
         if callback is not None:
             callback(index, x, x0)
     return x

@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 
-from .ddim import DDIMStep, Denoiser, StepCallback, ddim_step, randn
+from .ddim import DDIMStep, Denoiser, StepCallback, check_finite_latents, ddim_step, randn
 
 # denoise_for_clip(k) -> the denoiser of clip k; called once, when clip k starts, before any of
 # its UNet calls (so a caller can do per-clip set-up there: a prompt, EchoReel features)
@@ -145,6 +145,7 @@ def sample_long_video(
             timesteps = torch.full((x.shape[0],), step.timestep, device=x.device, dtype=torch.long)
             eps = denoise(x, timesteps)
             x, x0 = ddim_step(x, eps.to(x.dtype), step, randn(x.shape, generator, like=x).to(x.dtype))
+            check_finite_latents(x, i, steps, f"clip {k + 1} of {num_clips}, ")
             if callback is not None:
                 callback(k * num_steps + i, x, x0)
         clip = x[:, :, overlap:].contiguous() if drop_overlap and k > 0 else x  # a copy: x is not kept
