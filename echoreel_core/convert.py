@@ -16,6 +16,7 @@ import sys
 from .checkpoints import DTYPES, ECHOREEL_KEYS, CheckpointError, load_video_model, read_state_dict, save_video_model
 from .echoreel.weights import FORMAT as ECHOREEL_FORMAT
 from .echoreel.weights import load_echoreel, save_echoreel
+from .files import WriteError
 
 
 def has_echoreel_weights(path: str) -> bool:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             model = load_video_model(args.input, dtype=None)
             save_video_model(model, args.output, dtype=dtype)
             what = model.preset.name
-    except CheckpointError as error:
+    except (CheckpointError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: {what} ({args.dtype or 'stored dtype'})")

@@ -42,7 +42,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .files import atomic_write
+from .files import atomic_write, make_folder
 from .video_io import VideoReadError, frames_to_model_input, read_video_frames
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class TensorCache:
 
     def put(self, kind: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
         path = self.path(kind, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
