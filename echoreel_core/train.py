@@ -38,11 +38,13 @@ ZeRO are not wired in; to add FSDP, wrap `TrainModule.echoreel` (not the frozen 
 `Trainer._state()`; DeepSpeed would take `TrainModule` with the same parameters and replace the
 optimizer, scaler and checkpoint code.
 
-Outputs (train.output_dir): `config.yaml` (resolved), `checkpoints/step_N.pt` plus the
+Outputs (train.output_dir): `config.yaml` (resolved, paths absolute), `checkpoints/step_N.pt` plus the
 `checkpoints/latest` pointer (written atomically; see train_state.py), `echoreel.safetensors`
 (the weights the ComfyUI node loads, refreshed at each save and at the end), `train_log.csv`
 (step, loss, lr, grad norm, samples/s), `tensorboard/` when TensorBoard is installed, and
-`validation/step_N_k.mp4`: reference | without EchoReel | with EchoReel.
+`validation/step_N_k.mp4`: reference | without EchoReel | with EchoReel. A write that fails
+(read-only folder, full disk) ends the run with one line naming the file and the reason (exit
+status 2); the last good checkpoint and export are left as they were.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ from .data import (CacheKeys, Clip, DatasetError, Entry, PairDataset, Sample, Sk
 from .distributed import DistInfo, gather_objects, init_distributed, is_distributed, sample_seed, seed_globals
 from .echoreel.features import Reference, action_features, encode_reference
 from .echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
-from .files import temporaries
+from .files import WriteError, atomic_write, make_folder, temporaries
 from .models import unet_lvdm, unet_videocrafter
 from .models.video_model import VideoModel
 from .pipeline import EchoReelGuidance, SamplingSettings, image_to_video, text_to_video
@@ -274,13 +276,14 @@ class Trainer:
         self.csv_path, self.writer = self.out / "train_log.csv", None
         if not self.dist.is_main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_folder(self.out)
         for tmp in temporaries(self.out, "echoreel.safetensors"):  # an export cut short
             tmp.unlink(missing_ok=True)
         removed = remove_stale_temporaries(self.ckpt_dir)
         if removed:
             log.info("removed %d temporary file(s) left by an interrupted save", removed)
-        (self.out / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
+        text = OmegaConf.to_yaml(self.cfg)
+        atomic_write(self.out / "config.yaml", lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self._truncate_csv()
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional
@@ -296,9 +299,13 @@ class Trainer:
         with open(self.csv_path, newline="") as f:
             rows = list(csv.reader(f))
         kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
-        if len(kept) != len(rows):
-            with open(self.csv_path, "w", newline="") as f:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
                 csv.writer(f).writerows(kept)
+
+        if len(kept) != len(rows):
+            atomic_write(self.csv_path, write)  # never a log cut in half
 
     # -- one batch --
 
@@ -525,7 +532,7 @@ class Trainer:
                 run = lambda echo: text_to_video(model, entry.prompt, settings, v.negative_prompt, echoreel=echo)  # noqa: E731
             without, with_echoreel = run(None), run(guide)
         path = self.out / "validation" / f"step_{self.step:08d}_{k}.{v.format}"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         write_video(path, stack_side_by_side(reference, without.float(), with_echoreel.float()), fps=v.video_fps)
         return path
 
@@ -544,12 +551,15 @@ class Trainer:
         if not self.dist.is_main:
             return
         new = not self.csv_path.is_file()
-        with open(self.csv_path, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(["step", "loss", "lr", "grad_norm", "samples_per_s", "skipped"])
-            writer.writerow([self.step, f"{metrics['loss']:.6g}", f"{metrics['lr']:.6g}",
-                             f"{metrics['grad_norm']:.6g}", f"{metrics['samples_per_s']:.4g}", len(self.skipped)])
+        try:  # appended to, not replaced: a failure is reported as atomic_write's are
+            with open(self.csv_path, "a", newline="") as f:
+                writer = csv.writer(f)
+                if new:
+                    writer.writerow(["step", "loss", "lr", "grad_norm", "samples_per_s", "skipped"])
+                writer.writerow([self.step, f"{metrics['loss']:.6g}", f"{metrics['lr']:.6g}",
+                                 f"{metrics['grad_norm']:.6g}", f"{metrics['samples_per_s']:.4g}", len(self.skipped)])
+        except OSError as error:
+            raise WriteError(self.csv_path, error) from error
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(f"train/{key}", value, self.step)
@@ -634,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg))
             return 0
         train(cfg)
-    except (ConfigError, DatasetError, TrainStateError, CheckpointError) as error:
+    except (ConfigError, DatasetError, TrainStateError, CheckpointError, WriteError) as error:
         log.error("%s", error)
         return 2
     finally:

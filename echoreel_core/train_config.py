@@ -4,12 +4,14 @@ A configuration is the schema's defaults (the dataclasses below, one per section
 with its --help line), then a preset (`configs/train_<name>.yaml`) or a YAML file, then
 `key=value` overrides from the command line, merged by OmegaConf and checked against the schema
 (unknown keys and wrong types are refused) and by `validate_config` (values that cannot work
-together). Every failure is a `ConfigError` that names the key.
+together). Every failure is a `ConfigError` that names the key. Paths are then made absolute
+against the working directory, so a run's saved config.yaml works from any other.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -18,9 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .checkpoints import DTYPES
+from .train_state import RESUME_WORDS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRECISIONS = ("fp32", "bf16", "fp16")
+# the keys that name files or folders (train.resume too, unless it is `latest` or `auto`)
+PATH_KEYS = ("model.checkpoint", "data.json", "data.cache_dir", "echoreel.init", "train.output_dir", "validation.json")
 
 
 def _opt(default: Any, help: str, factory=None):
@@ -139,7 +144,20 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
     except OmegaConfBaseException as error:
         raise ConfigError(f"bad configuration: {error}".splitlines()[0] + _hint(error)) from error
     validate_config(cfg)
+    _absolute_paths(cfg)
     return cfg
+
+
+def _absolute_paths(cfg: DictConfig) -> None:
+    """Make every path in `cfg` absolute, against the working directory it was given in. The run
+    then works with absolute paths, and the config.yaml it saves resumes from any directory
+    (`--config runs/x/config.yaml --resume latest`), not only from the one it started in."""
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value:
+            OmegaConf.update(cfg, key, os.path.abspath(value))
+    if cfg.train.resume and cfg.train.resume not in RESUME_WORDS:
+        cfg.train.resume = os.path.abspath(cfg.train.resume)
 
 
 def _hint(error: OmegaConfBaseException) -> str:

@@ -23,9 +23,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .files import atomic_write, temporaries
+from .files import atomic_write, make_folder, temporaries
 
 LATEST = "latest"
+RESUME_WORDS = (LATEST, "auto")  # the train.resume values that are not checkpoint paths
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
 FORMAT = "echoreel.train_state"
 # Test hook: seconds to sleep after every write() of a checkpoint file, which stretches a save
@@ -68,8 +69,7 @@ def _to_file(write) -> Callable[[Path], None]:
 
 def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
     """Write `step_N.pt` atomically, point `latest` at it, then drop all but the newest `keep`."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(folder)
     path = folder / checkpoint_name(step)
     atomic_write(path, _to_file(lambda f: torch.save(state, f)))
     atomic_write(folder / LATEST, _to_file(lambda f: f.write(f"{path.name}\n".encode())))
@@ -92,7 +92,7 @@ def remove_stale_temporaries(folder: Path) -> int:
 def resolve_checkpoint(spec: str, folder: Path) -> Path | None:
     """`latest` -> the checkpoint the pointer names; `auto` -> the same or None; else a path."""
     folder = Path(folder)
-    if spec in (LATEST, "auto"):
+    if spec in RESUME_WORDS:
         pointer = folder / LATEST
         if not pointer.is_file():
             if spec == "auto":

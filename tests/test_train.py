@@ -12,6 +12,7 @@ import math
 import os
 import pathlib
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -26,12 +27,14 @@ from echoreel_core.checkpoints import save_video_model
 from echoreel_core.data import DatasetError, PairDataset, StreamSampler, VideoSpec, load_entries
 from echoreel_core.echoreel.features import Reference, prism_tokens
 from echoreel_core.echoreel.weights import load_echoreel, save_echoreel
+from echoreel_core.files import WriteError, temporaries
 from echoreel_core.models.video_model import VideoModel
 from echoreel_core.presets import tiny_preset
 from echoreel_core.train import Trainer, main, train
 from echoreel_core.train_config import ConfigError, key_help, load_config, preset_configs
-from echoreel_core.train_state import SLOW_SAVE_ENV, load_checkpoint, resolve_checkpoint
+from echoreel_core.train_state import LATEST, SLOW_SAVE_ENV, load_checkpoint, resolve_checkpoint
 from echoreel_core.video_io import probe_video, write_video
+from write_failures import file_size_limit
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_ECHOREEL = ["echoreel.prism.layers=1", "echoreel.prism.latent_dim=32", "echoreel.prism.heads=2",
@@ -218,6 +221,52 @@ def test_resume_continues_bit_identically(world, tmp_path):
     assert straight.scheduler.get_last_lr() == second.scheduler.get_last_lr()
     log = (tmp_path / "resumed" / "train_log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log[1:]] == ["1", "2", "3", "4"]
+
+
+def test_the_saved_config_resumes_from_another_working_directory(world, tmp_path, monkeypatch):
+    """Relative paths become absolute when the config loads, so the run's config.yaml names the same
+    files from anywhere: `--config ../first/runs/x/config.yaml --resume latest` continues the run."""
+    from omegaconf import OmegaConf
+
+    first, other = tmp_path / "first", tmp_path / "other"
+    first.mkdir()
+    other.mkdir()
+    monkeypatch.chdir(first)
+    relative = [f"model.checkpoint={os.path.relpath(world / 'base.safetensors')}",
+                f"data.json={os.path.relpath(world / 'data.json')}", "train.output_dir=runs/x",
+                "train.batch_size=2", "train.max_steps=2", "validation.every=0", *CLIPS, *TINY_ECHOREEL]
+    Trainer(load_config(None, relative)).fit()
+    saved = OmegaConf.load(first / "runs" / "x" / "config.yaml")
+    assert saved.model.checkpoint == str(world / "base.safetensors") and saved.data.json == str(world / "data.json")
+    assert saved.train.output_dir == str(first / "runs" / "x")
+    monkeypatch.chdir(other)
+    resumed = Trainer(load_config(os.path.relpath(first / "runs" / "x" / "config.yaml"),
+                                  ["train.resume=latest", "train.max_steps=4"]))
+    assert resumed.step == 2
+    resumed.fit()
+    assert load_checkpoint(resolve_checkpoint("latest", first / "runs" / "x" / "checkpoints"))["step"] == 4
+    assert os.listdir(other) == []
+
+
+def test_a_failed_write_is_one_line_and_keeps_the_last_good_checkpoint(world, tmp_path):
+    out = tmp_path / "run"
+    Trainer(load_config(None, overrides(world, out, "train.max_steps=1"))).fit()
+    kept = {path: path.read_bytes() for path in (out / "checkpoints" / "step_00000001.pt",
+                                                 out / "checkpoints" / LATEST, out / "echoreel.safetensors")}
+    with file_size_limit(64 * 1024):  # config.yaml and the log fit, a checkpoint does not
+        run = subprocess.run([sys.executable, "-m", "echoreel_core.train", *overrides(world, out, "train.max_steps=2"),
+                              "--resume", "latest"], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                             timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    failed = out / "checkpoints" / "step_00000002.pt"
+    assert run.stderr.splitlines()[-1].endswith(f" ERROR [rank 0] cannot write {failed}: File too large")
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert temporaries(out) == temporaries(out / "checkpoints") == []
+    # an output folder that cannot be made: here, under a file
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    with pytest.raises(WriteError, match=f"^cannot write {re.escape(str(blocker / 'run'))}: Not a directory$"):
+        Trainer(load_config(None, overrides(world, blocker / "run")))
 
 
 def test_gradient_checkpointing_and_caches_keep_the_numbers(world, tmp_path):
