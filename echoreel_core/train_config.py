@@ -187,13 +187,23 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"model.dtype={base_dtype} needs train.precision={base_dtype} (autocast in that dtype)")
 
 
+def _shown(default) -> str:
+    """A default as it is written on the command line: null, true/false, else the value. Tested with
+    `is` and isinstance, never a dict lookup: 1 == True and 0 == False, so a lookup shows counts as
+    booleans."""
+    if default is None:
+        return "null"
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default)
+
+
 def key_help() -> str:
     """One line per config key, for --help."""
     lines = ["configuration keys (key=value on the command line; defaults before any preset):"]
     for section in dataclasses.fields(TrainConfig):
         for f in dataclasses.fields(section.default_factory):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            shown = {None: "null", True: "true", False: "false"}.get(default, default) if not isinstance(default, (list, dict)) else default
-            lines.append(f"  {section.name}.{f.name} [{shown}]: {f.metadata['help']}")
+            lines.append(f"  {section.name}.{f.name} [{_shown(default)}]: {f.metadata['help']}")
     lines.append(f"presets for --config: {', '.join(preset_configs())}")
     return "\n".join(lines)

@@ -118,6 +118,17 @@ def test_presets_and_overrides_load_and_help_lists_the_keys(capsys, tmp_path):
     assert key_help().count("\n") > 40
 
 
+def test_help_shows_the_real_defaults(capsys):
+    """1 == True and 0 == False in Python: counts of 1 and 0 must not be shown as true/false."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for shown in ("train.grad_accumulation [1]:", "train.log_every [1]:", "data.start [0]:", "optim.warmup_steps [0]:",
+                  "validation.eta [1.0]:", "train.gradient_checkpointing [false]:", "data.cache [false]:",
+                  "model.checkpoint [null]:", "train.precision [fp32]:"):
+        assert shown in text, shown
+
+
 # ---- data ----------------------------------------------------------------------------------------
 
 def test_official_json_both_spellings_relative_paths_and_stream_sharding(world, tmp_path):
