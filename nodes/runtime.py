@@ -2,12 +2,14 @@
 
 Only services present in both the 2024 ComfyUI and the newest one are relied on
 (ModelPatcher, load_models_gpu, ProgressBar, folder_paths, model_management interrupt checks);
-newer options are used when their signature shows them.
+newer options are used when their signature shows them. Every file name a node takes passes
+`check_file_name`, so that nodes read only inside ComfyUI's folders.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import shutil
 
@@ -17,6 +19,7 @@ import folder_paths
 import torch
 from comfy.model_patcher import ModelPatcher
 
+from ..echoreel_core.files import WriteError, atomic_write, make_folder
 from ..echoreel_core.toy.models import SHIPPED_DIR, TOY_REFERENCE_FILE
 
 MODEL_FOLDERS = {"videocrafter": ("videocrafter", "checkpoints"), "echoreel": ("echoreel",)}
@@ -39,12 +42,38 @@ def register_model_folders() -> None:
 
 def provide_example_input() -> None:
     """Copy the toy reference video into ComfyUI's input folder once, if absent, so that the
-    example workflows find it and the upload widget previews it like any upload."""
+    example workflows find it and the upload widget previews it like any upload. Atomically: a
+    copy cut short would otherwise stay, broken, since only an absent file is copied. An input
+    folder that cannot be written costs the example only (a warning), not the node's widget."""
     source = SHIPPED_DIR / TOY_REFERENCE_FILE
     target = os.path.join(folder_paths.get_input_directory(), source.name)
     if source.is_file() and not os.path.exists(target):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(source, target)
+        try:
+            make_folder(os.path.dirname(target))
+            atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+        except WriteError as error:
+            logging.warning("EchoReel: no example reference video: %s", error)
+
+
+def check_file_name(name: str, folders: list[str]) -> None:
+    """Refuse a file name that leads out of the folder it is looked up in: an absolute path, a
+    drive, or `..` climbing above it. ComfyUI joins a widget's value to its folder as given, and a
+    workflow (which anyone who reaches the server can send) sets the value, so without this a node
+    would read any file the server can. Links inside the folders are the owner's doing and followed."""
+    normal = os.path.normpath(name)
+    climbs = normal == os.pardir or normal.startswith(os.pardir + os.sep)
+    if os.path.isabs(name) or os.path.splitdrive(name)[0] or climbs:
+        raise ValueError(f'refused "{name}": files must be inside {" or ".join(folders)}')
+
+
+def input_file(name: str) -> str:
+    """The path of a file widget's value: `name` in ComfyUI's input folder, or in the output or
+    temp folder that a ` [output]` / ` [temp]` annotation names (ComfyUI's own way to refer to
+    files it made); ValueError for a name that leads elsewhere."""
+    bare, folder = folder_paths.annotated_filepath(name)
+    folder = folder or folder_paths.get_input_directory()
+    check_file_name(bare, [folder])
+    return os.path.join(folder, bare)
 
 
 def model_files(kind: str) -> list[str]:
@@ -55,19 +84,22 @@ def model_files(kind: str) -> list[str]:
 
 
 def model_path(kind: str, name: str) -> str:
+    """The file `name` in the model folders of `kind`. ComfyUI's get_full_path would strip a
+    leading `/` or `..` and look the rest up inside; refusing such a name says what happened."""
+    folders = [f"models/{f}" for f in MODEL_FOLDERS[kind]]
+    check_file_name(name, folders)
     for folder in MODEL_FOLDERS[kind]:
         path = folder_paths.get_full_path(folder, name)
         if path is not None:
             return path
-    folders = ", ".join(f"models/{f}" for f in MODEL_FOLDERS[kind])
-    raise FileNotFoundError(f"{name}: not found in {folders}")
+    raise FileNotFoundError(f"{name}: not found in {', '.join(folders)}")
 
 
 def validate_model_file(kind: str, name: str) -> bool | str:
     """For VALIDATE_INPUTS: True, or the message naming the file and the folders searched."""
     try:
         model_path(kind, name)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         return str(error)
     return True
 

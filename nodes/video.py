@@ -54,17 +54,21 @@ class LoadReferenceVideo:
 
     @classmethod
     def IS_CHANGED(cls, video, **kwargs):
-        path = folder_paths.get_annotated_filepath(video)
+        path = runtime.input_file(video)  # a refused name raises: ComfyUI then counts the node as changed
         return f"{path}:{os.path.getmtime(path)}" if os.path.exists(path) else float("nan")
 
     @classmethod
     def VALIDATE_INPUTS(cls, video, **kwargs):
-        if not folder_paths.exists_annotated_filepath(video):
+        try:
+            path = runtime.input_file(video)
+        except ValueError as error:
+            return str(error)
+        if not os.path.exists(path):
             return f"{video}: no such video in the input folder"
         return True
 
     def load(self, video, frames, stride, start, width, height, resize):
-        path = folder_paths.get_annotated_filepath(video)
+        path = runtime.input_file(video)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pixels, info, repeated = read_video_frames(

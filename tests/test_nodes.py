@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from comfyui_env import (
     write_reference_video,
     write_tiny_weights,
 )
+from write_failures import file_size_limit
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +122,58 @@ def test_bad_inputs_give_clear_errors(nodes):
     small, _, _ = nodes["EchoReel_LoadReferenceVideo"].load("reference.mp4", 4, 4, 0, 16, 16, "crop")
     with pytest.raises(ValueError, match="need 32x32"):
         nodes["EchoReel_ActionPrismEncode"].encode(lvdm_echoreel, vae, small, positive, positive, positive, 0, "mean")
+
+
+def test_file_names_stay_inside_comfyui_folders(nodes, tmp_path, monkeypatch):
+    """A workflow, which anyone who reaches the server can send, names the files: a name leading
+    out of ComfyUI's folders is refused by VALIDATE_INPUTS, IS_CHANGED and the load alike, before
+    anything outside is read; ComfyUI's ` [output]` annotation keeps working."""
+    import folder_paths
+
+    from comfyui_echoreel_pack.nodes import runtime
+
+    inputs = folder_paths.get_input_directory()
+    outside = write_reference_video(pathlib.Path(inputs).parent / "outside.mp4")
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
+    write_reference_video(tmp_path / "made.mp4")
+    video = nodes["EchoReel_LoadReferenceVideo"]
+    for name, folder in (("../outside.mp4", inputs), (str(outside), inputs), ("sub/../../outside.mp4", inputs),
+                         ("../outside.mp4 [output]", tmp_path)):
+        given = name.removesuffix(" [output]")
+        message = f'refused "{given}": files must be inside {folder}'
+        assert video.VALIDATE_INPUTS(video=name) == message
+        for call in (lambda: video.IS_CHANGED(video=name), lambda: video.load(name, 4, 4, 0, 32, 32, "crop")):
+            with pytest.raises(ValueError) as caught:
+                call()
+            assert str(caught.value) == message
+    assert video.VALIDATE_INPUTS(video="made.mp4 [output]") is True
+    assert video.load("made.mp4 [output]", 4, 4, 0, 32, 32, "crop")[0].shape == (4, 32, 32, 3)
+
+    checkpoint, echoreel = nodes["EchoReel_LoadVideoCrafterCheckpoint"], nodes["EchoReel_LoadEchoReel"]
+    for name in ("../../etc/passwd", "/etc/passwd", runtime.model_path("videocrafter", LVDM_FILE)):
+        message = f'refused "{name}": files must be inside models/videocrafter or models/checkpoints'
+        assert checkpoint.VALIDATE_INPUTS(ckpt_name=name) == message
+        with pytest.raises(ValueError) as caught:
+            checkpoint.load(name, "auto")
+        assert str(caught.value) == message
+        assert echoreel.VALIDATE_INPUTS(echoreel_name=name) == f'refused "{name}": files must be inside models/echoreel'
+
+
+def test_the_example_video_is_copied_whole_or_not_at_all(nodes, tmp_path, monkeypatch, caplog):
+    """The node copies the shipped toy reference into the input folder; a copy that cannot be
+    written is a warning (the node list still loads), never half a video that would then stay."""
+    import folder_paths
+
+    from comfyui_echoreel_pack.echoreel_core.toy.models import SHIPPED_DIR, TOY_REFERENCE_FILE
+
+    monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path))
+    name = pathlib.Path(TOY_REFERENCE_FILE).name
+    video = type(nodes["EchoReel_LoadReferenceVideo"])
+    with file_size_limit(1024):
+        assert video.INPUT_TYPES()["required"]["video"][0] == []
+    assert f"cannot write {tmp_path / name}: File too large" in caplog.text and not any(tmp_path.iterdir())
+    assert video.INPUT_TYPES()["required"]["video"][0] == [name]
+    assert (tmp_path / name).read_bytes() == (SHIPPED_DIR / TOY_REFERENCE_FILE).read_bytes()
 
 
 def test_long_video_sampler_chains_clips(nodes):
