@@ -25,6 +25,7 @@ from echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_
 from echoreel_core.presets import PRESETS
 from echoreel_core.models.video_model import VideoModel
 from echoreel_core.sampling.ddim import ddim_schedule, randn, sample_ddim
+from echoreel_core.threads import add_threads_argument, configure_threads
 
 
 def timed(fn, device) -> float:
@@ -50,7 +51,9 @@ def main() -> None:
         help="time one batched CFG UNet call without and with EchoReel and one Prism pass, and derive "
         "the ratio for --steps steps (for sizes too slow to sample whole runs on a CPU)",
     )
+    add_threads_argument(parser)
     args = parser.parse_args()
+    print(configure_threads(args.threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
 

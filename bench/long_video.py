@@ -27,6 +27,8 @@ import time
 
 import torch
 
+from echoreel_core.threads import add_threads_argument, configure_threads
+
 
 def one_run(args) -> dict:
     from echoreel_core.long_pipeline import long_text_to_video
@@ -34,8 +36,6 @@ def one_run(args) -> dict:
     from echoreel_core.pipeline import SamplingSettings
     from echoreel_core.presets import PRESETS, tiny_preset
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base, tiny = PRESETS["videocrafter2-t2v-512"], tiny_preset("videocrafter2-t2v-512")
     # the official UNet and VAE layouts at reduced widths; the tiny text encoder (its cost is once per run)
@@ -108,9 +108,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16, help="frames per clip")
     parser.add_argument("--overlap", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    add_threads_argument(parser)
     parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # internal: run one K, print JSON
     args = parser.parse_args()
+    print(configure_threads(args.threads))  # each K's process is given the same arguments and environment
     args.height, args.width_px = (int(v) for v in args.size.lower().split("x"))
     if args.one:
         print(json.dumps(one_run(args)))
@@ -130,8 +131,7 @@ def main() -> None:
     latent_mib = 4 * args.frames * h * w * 4 / 2**20
     kept = 1 + (math.ceil(args.steps * 0.4) - 1) * args.overlap / args.frames  # entry 0 whole, DSG's other steps M frames
     print(f"device {first['device']}, VideoCrafter2 layout (UNet width {args.width}, VAE ch {args.vae_width}), "
-          f"{args.frames} frames at {args.size} per clip, overlap {args.overlap}, {args.steps} DDIM steps with CFG, "
-          f"torch threads {args.threads or torch.get_num_threads()}")
+          f"{args.frames} frames at {args.size} per clip, overlap {args.overlap}, {args.steps} DDIM steps with CFG")
     cuda = first["cuda_peak_mib"] is not None
     header = ("| K | frames | wall s | s / clip | / K=1 | CPU s / clip | / K=1 | peak RSS MiB | peak RSS growth MiB "
               "| output MiB | live tensors at each clip's end, MiB |")

@@ -36,6 +36,7 @@ from echoreel_core.checkpoints import save_video_model  # noqa: E402
 from echoreel_core.models.autoencoder import AutoencoderConfig  # noqa: E402
 from echoreel_core.models.video_model import VideoModel  # noqa: E402
 from echoreel_core.presets import tiny_preset  # noqa: E402
+from echoreel_core.threads import add_threads_argument, configure_threads  # noqa: E402
 from echoreel_core.train import Trainer  # noqa: E402
 from echoreel_core.train_config import load_config  # noqa: E402
 from echoreel_core.video_io import write_video  # noqa: E402
@@ -79,7 +80,6 @@ def overrides(root: Path, out: Path, args, extra: list[str]) -> list[str]:
 
 def run_one(name: str, root: Path, args) -> dict:
     """Time `args.steps` optimizer steps after `args.warmup` (in this process)."""
-    torch.set_num_threads(args.threads)
     extra = CONFIGS[name]
     if "data.cache=true" in extra:  # fill the cache: one pass over every entry
         fill = args.entries // args.batch + 1
@@ -126,10 +126,11 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=2)
     parser.add_argument("--size", type=int, default=64, help="clip height and width in pixels (f8 VAE)")
     parser.add_argument("--entries", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
+    add_threads_argument(parser)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    print(configure_threads(args.threads))  # each configuration's process is given the same arguments
     if args.one:
         print(json.dumps(run_one(args.one, Path(args.root), args)))
         return
@@ -139,11 +140,11 @@ def main() -> None:
         rows = []
         for name in CONFIGS:
             command = [sys.executable, __file__, "--one", name, "--root", str(root),
-                       *[f"--{k}={v}" for k, v in vars(args).items() if k not in ("root", "one")]]
+                       *[f"--{k}={v}" for k, v in vars(args).items() if k not in ("root", "one") and v is not None]]
             result = subprocess.run(command, capture_output=True, text=True, check=True)
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
     plain, plain_cpu = rows[0]["steps_per_s"], rows[0]["cpu_steps_per_s"]
-    print(f"batch {args.batch}, {args.frames} frames at {args.size}x{args.size}, {args.threads} thread(s), "
+    print(f"batch {args.batch}, {args.frames} frames at {args.size}x{args.size}, "
           f"{args.steps} timed steps after {args.warmup}")
     print("| configuration | steps/s (wall) | vs plain | steps/s (CPU time) | vs plain | saved activations (MiB) "
           "| peak RSS (MiB) |")

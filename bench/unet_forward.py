@@ -21,6 +21,7 @@ from echoreel_core.attention import use_attention_backend
 from echoreel_core.models.unet_lvdm import LVDMUNet
 from echoreel_core.models.unet_videocrafter import VideoCrafterUNet
 from echoreel_core.presets import PRESETS
+from echoreel_core.threads import add_threads_argument, configure_threads
 
 
 def naive_attention(q, k, v, heads):
@@ -67,11 +68,13 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None, help="model_channels (default: official 320)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     parser.add_argument("--repeats", type=int, default=3)
+    add_threads_argument(parser)
     args = parser.parse_args()
+    print(configure_threads(args.threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     print(f"device {device}, {args.dtype}, {args.frames} frames at {args.height}x{args.width_px}, "
-          f"model_channels {args.width or 320}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"model_channels {args.width or 320}, torch {torch.__version__}")
     print("| family | naive ms | SDPA ms | naive / SDPA |\n|---|---|---|---|")
     for name in args.families:
         torch.manual_seed(0)

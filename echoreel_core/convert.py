@@ -16,6 +16,7 @@ import sys
 from .checkpoints import DTYPES, ECHOREEL_KEYS, CheckpointError, load_video_model, read_state_dict, save_video_model
 from .echoreel.weights import FORMAT as ECHOREEL_FORMAT
 from .echoreel.weights import load_echoreel, save_echoreel
+from .threads import add_threads_argument, configure_threads
 from .files import WriteError
 
 
@@ -30,9 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="the .safetensors file to write")
     parser.add_argument("--part", choices=["auto", "model", "echoreel"], default="auto")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="weight dtype (default: as stored)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     if not args.output.endswith(".safetensors"):
         parser.error(f"the output must end in .safetensors, got {args.output}")
+    print(configure_threads(args.threads), file=sys.stderr)
     dtype = DTYPES[args.dtype] if args.dtype else None
     try:
         part = args.part

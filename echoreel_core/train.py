@@ -30,7 +30,11 @@ saved per rank in every checkpoint, for anything else that might draw from them.
 
 Scale-out: under torchrun (one node or many: the usual --nnodes/--node_rank/--rdzv_endpoint),
 DistributedDataParallel over the EchoReel parameters, nccl on CUDA and gloo on CPU; rank 0
-logs, validates and saves. The output folder must be shared by all nodes to resume. The
+logs, validates and saves. The output folder must be shared by all nodes to resume. CPU
+threads (threads.py): --threads N, else OMP_NUM_THREADS, else the cores this process may use
+divided by the number of processes torchrun starts on the node (LOCAL_WORLD_SIZE), so that the
+ranks of one node do not oversubscribe its cores (torchrun's own OMP_NUM_THREADS=1 default
+counts as unset; pass --threads 1 for one thread per rank). The
 trainable part is small (0.65 B parameters for LVDM) and the frozen base is the same on every
 rank, so plain DDP fits one 24 GB+ GPU per rank with bf16 and checkpointing. FSDP or DeepSpeed
 ZeRO are not wired in; to add FSDP, wrap `TrainModule.echoreel` (not the frozen base) with
@@ -78,6 +82,7 @@ from .files import WriteError, atomic_write, make_folder, temporaries
 from .models import unet_lvdm, unet_videocrafter
 from .models.video_model import VideoModel
 from .pipeline import EchoReelGuidance, SamplingSettings, image_to_video, text_to_video
+from .threads import add_threads_argument, configure_threads
 from .train_config import ConfigError, key_help, load_config, preset_configs
 from .train_state import (TrainStateError, load_checkpoint, remove_stale_temporaries, resolve_checkpoint,
                           rng_state, save_checkpoint, set_rng_state)
@@ -634,10 +639,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", help="latest | auto | a checkpoint path (same as train.resume=...)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s %(levelname)s [rank {rank}] %(message)s", stream=sys.stderr)
+    log.info("%s", configure_threads(args.threads))
     try:
         cfg = load_config(args.config, args.overrides + ([f"train.resume={args.resume}"] if args.resume else []))
         if args.print_config:

@@ -104,7 +104,7 @@ def test_retrain_runs_every_stage_end_to_end(tmp_path):
     out = tmp_path / "shipped"
     code = retrain.main(["--work", str(tmp_path / "work"), "--out", str(out), "--pairs", "4", "--vae-steps", "2",
                          "--base-steps", "2", "--motion-steps", "2", "--detail-steps", "2",
-                         "--echoreel-steps", "2", "--eval-pairs", "1", "--eval-steps", "2"])
+                         "--echoreel-steps", "2", "--eval-pairs", "1", "--eval-steps", "2", "--threads", "1"])
     assert code == 0
     model = load_video_model(out / TOY_MODEL_FILE)
     assert model.preset.name == TOY_PRESET.name and model.preset.vae.scale_factor != TOY_PRESET.vae.scale_factor
@@ -119,5 +119,5 @@ def test_retrain_runs_every_stage_end_to_end(tmp_path):
                                                     "data/prism/prism.json")]
     written = [p.stat().st_mtime_ns for p in stages]
     assert retrain.main(["--work", str(tmp_path / "work"), "--out", str(out), "--eval-pairs", "1",
-                         "--eval-steps", "2"]) == 0
+                         "--eval-steps", "2", "--threads", "1"]) == 0
     assert [p.stat().st_mtime_ns for p in stages] == written

@@ -168,7 +168,7 @@ def test_base_json(datasets):
 
 def test_cli_writes_every_split(tmp_path):
     assert world.main([str(tmp_path), "--pairs", "1", "--base-videos", "1", "--eval-pairs", "1", "--stride", "1",
-                       "--workers", "1"]) == 0
+                       "--workers", "1", "--threads", "1"]) == 0  # --threads 1: the suite's count (conftest.py)
     for split in ("base", "prism", "eval"):
         meta = json.loads((tmp_path / split / "world.json").read_text())
         assert meta["world"]["stride"] == 1 and (tmp_path / split / f"{split}.json").is_file()

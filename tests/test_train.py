@@ -125,7 +125,7 @@ def test_help_shows_the_real_defaults(capsys):
     text = capsys.readouterr().out
     for shown in ("train.grad_accumulation [1]:", "train.log_every [1]:", "data.start [0]:", "optim.warmup_steps [0]:",
                   "validation.eta [1.0]:", "train.gradient_checkpointing [false]:", "data.cache [false]:",
-                  "model.checkpoint [null]:", "train.precision [fp32]:"):
+                  "model.checkpoint [null]:", "train.precision [fp32]:", "--threads N"):
         assert shown in text, shown
 
 
@@ -384,7 +384,8 @@ def test_unusable_json_is_a_clear_fatal_error(world, tmp_path, caplog):
     with pytest.raises(DatasetError, match="cannot read the dataset JSON"):
         load_entries(tmp_path / "absent.json")
     (tmp_path / "none.json").write_text('[{"input_text": ""}]')
-    assert main([f"model.checkpoint={world / 'base.safetensors'}", f"data.json={tmp_path / 'none.json'}",
+    assert main(["--threads", "1",  # the suite's count (conftest.py)
+                 f"model.checkpoint={world / 'base.safetensors'}", f"data.json={tmp_path / 'none.json'}",
                  f"train.output_dir={tmp_path / 'out'}", *CLIPS]) == 2
     assert "no usable entry (1 skipped)" in caplog.text
 

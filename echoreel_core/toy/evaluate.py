@@ -35,6 +35,7 @@ from ..echoreel.features import Reference, action_features, encode_reference
 from ..echoreel.weights import EchoReel, load_echoreel
 from ..models.video_model import VideoModel
 from ..pipeline import EchoReelGuidance, SamplingSettings, decode_to_frames, generate_latents
+from ..threads import add_threads_argument, configure_threads
 from ..video_io import frames_to_model_input, read_video_frames, write_video
 from . import metrics
 from .models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, shipped
@@ -203,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg", type=float, default=EvalSettings.cfg)
     parser.add_argument("--strength", type=float, default=EvalSettings.strength)
     parser.add_argument("--out", help="folder for report.json and GIF grids")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    log.info("%s", configure_threads(args.threads))
     model = load_video_model(args.model or shipped(TOY_MODEL_FILE))
     echoreel = load_echoreel(args.echoreel or shipped(TOY_ECHOREEL_FILE))
     settings = EvalSettings(args.steps, args.cfg, strength=args.strength)

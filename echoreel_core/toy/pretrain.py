@@ -45,6 +45,7 @@ from ..files import atomic_write
 from ..models.autoencoder import AutoencoderConfig, AutoencoderKL
 from ..models.video_model import VideoModel
 from ..presets import _from_dict
+from ..threads import add_threads_argument, configure_threads
 from .models import TOY_PRESET
 from .world import DEFAULT_SPLIT, ClipSpec, Split, World, clip_caption, render, sample_clip
 
@@ -264,20 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="optimizer steps (default: vae 1500; base all 1500, noisy 800, "
                                                   "clean 1200)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
+    if args.stage == "base" and not args.vae:
+        parser.error("the base stage needs --vae (the file the vae stage wrote)")
+    if args.stage == "base" and (args.phase == "all") == bool(args.init):
+        parser.error("the all phase starts from scratch; the noisy and clean phases need --init")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    log.info("%s", configure_threads(args.threads))
     started = time.perf_counter()
     if args.stage == "vae":
         schedule = dataclasses.replace(VAE_SCHEDULE, steps=args.steps or VAE_SCHEDULE.steps)
         save_vae(train_vae(args.seed, schedule), args.out)
     else:
-        if not args.vae:
-            parser.error("the base stage needs --vae (the file the vae stage wrote)")
-        if (args.phase == "all") == bool(args.init):
-            parser.error("the all phase starts from scratch; the noisy and clean phases need --init")
         default = BASE_PHASES[args.phase]
         schedule = dataclasses.replace(default, steps=args.steps or default.steps)
         init = load_video_model(args.init) if args.init else None

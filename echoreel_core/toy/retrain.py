@@ -28,6 +28,7 @@ import torch
 
 from ..checkpoints import load_video_model, save_video_model
 from ..echoreel.weights import load_echoreel, save_echoreel
+from ..threads import add_threads_argument, configure_threads
 from ..train import main as train_main
 from . import evaluate, pretrain
 from .models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_REFERENCE_FILE, SHIPPED_DIR
@@ -60,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--echoreel-steps", type=int, help="default: the toy training config's")
     parser.add_argument("--eval-pairs", type=int, default=60, help="held-out pairs evaluated at the end")
     parser.add_argument("--eval-steps", type=int, default=evaluate.EvalSettings.steps)
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    log.info("%s", configure_threads(args.threads))
+    # the trainer's and the evaluation's main set their own count: hand them the same --threads
+    threads = ["--threads", str(args.threads)] if args.threads is not None else []
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     echoreel_file = work / "echoreel" / "echoreel.safetensors"
 
     def train_echoreel() -> None:
-        code = train_main(["--config", "toy", f"model.checkpoint={detail_file}", f"data.json={prism_json}",
+        code = train_main(["--config", "toy", *threads, f"model.checkpoint={detail_file}", f"data.json={prism_json}",
                            f"train.output_dir={work / 'echoreel'}", "train.resume=auto"]
                           + ([f"train.max_steps={args.echoreel_steps}"] if args.echoreel_steps else []))
         if code:
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     write_demo_reference(out / TOY_REFERENCE_FILE)
     log.info("shipped files written to %s", out)
     evaluate.main(["--model", str(out / TOY_MODEL_FILE), "--echoreel", str(out / TOY_ECHOREEL_FILE),
-                   "--out", str(work / "eval"), "--pairs", str(args.eval_pairs), "--steps", str(args.eval_steps)])
+                   "--out", str(work / "eval"), "--pairs", str(args.eval_pairs), "--steps", str(args.eval_steps),
+                   *threads])
     log.info("retrained in %.1f min (%s)", (time.perf_counter() - started) / 60,
              ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
     return 0

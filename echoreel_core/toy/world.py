@@ -96,6 +96,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..threads import add_threads_argument, configure_threads
+
 # ---- the world's vocabulary ----------------------------------------------------------------------
 
 # name -> RGB in [0, 1]; chroma (max - min) ~0.8, hues ~0, 56, 125, 184, 232, 300 degrees
@@ -514,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=4, help="files hold (frames-1)*stride+1 frames (default 4)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes writing videos (the files do not depend on it)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
+    print(configure_threads(args.threads), file=sys.stderr)
     world = World(height=args.size, width=args.size, frames=args.frames, stride=args.stride)
     for split_name, n in (("base", args.base_videos), ("prism", args.pairs), ("eval", args.eval_pairs)):
         start = time.perf_counter()
