@@ -4,7 +4,10 @@ mp4-coded and blurred clips. Everything is 64x64 and a few clips: the file runs 
 
 import dataclasses
 import json
+import pathlib
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -173,6 +176,30 @@ def test_cli_writes_every_split(tmp_path):
         meta = json.loads((tmp_path / split / "world.json").read_text())
         assert meta["world"]["stride"] == 1 and (tmp_path / split / f"{split}.json").is_file()
     assert len(load_entries(tmp_path / "eval" / "eval.json")[0]) == 1
+
+
+@pytest.mark.parametrize("option, value, allowed", [
+    ("--base-videos", "0", "a count >= 1"), ("--pairs", "-3", "a count >= 1"), ("--eval-pairs", "0", "a count >= 1"),
+    ("--pairs", "many", "a count >= 1"), ("--size", "16", "a side in pixels >= 32"),
+    ("--frames", "1", "an integer >= 2"), ("--stride", "0", "an integer >= 1"), ("--workers", "0", "an integer >= 1"),
+])
+def test_cli_refuses_impossible_sizes_and_counts(tmp_path, capsys, option, value, allowed):
+    """A usage error naming the option, the value and what is allowed; nothing written."""
+    with pytest.raises(SystemExit) as refused:
+        world.main([str(tmp_path / "out"), option, value])
+    assert refused.value.code == 2
+    assert f"error: argument {option}: must be {allowed}, got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refusal_is_a_usage_error_not_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "echoreel_core.toy.world", str(tmp_path), "--base-videos", "0"],
+                            cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == ("python -m echoreel_core.toy.world: error: argument --base-videos: "
+                                              "must be a count >= 1, got '0'")
+    assert "Traceback" not in result.stderr
 
 
 # ---- tracking each action --------------------------------------------------------------------------

@@ -110,6 +110,8 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "magenta": (0.85, 0.10, 0.85),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
+MIN_SIDE = 32  # pixels: the smallest frame side whose objects and margins still fit
+MIN_FRAMES = 2  # designed frames: a motion needs two
 
 
 @dataclass(frozen=True)
@@ -162,10 +164,12 @@ class World:
     def __post_init__(self):
         object.__setattr__(self, "colours", tuple(self.colours))
         object.__setattr__(self, "shapes", tuple(self.shapes))
-        if self.height < 32 or self.width < 32:
-            raise ValueError(f"the toy world needs frames of at least 32x32, got {self.height}x{self.width}")
-        if self.frames < 2 or self.stride < 1 or not self.fps > 0:
-            raise ValueError(f"need frames >= 2, stride >= 1, fps > 0; got {self.frames}, {self.stride}, {self.fps}")
+        if self.height < MIN_SIDE or self.width < MIN_SIDE:
+            raise ValueError(f"the toy world needs frames of at least {MIN_SIDE}x{MIN_SIDE}, "
+                             f"got {self.height}x{self.width}")
+        if self.frames < MIN_FRAMES or self.stride < 1 or not self.fps > 0:
+            raise ValueError(f"need frames >= {MIN_FRAMES}, stride >= 1, fps > 0; "
+                             f"got {self.frames}, {self.stride}, {self.fps}")
         unknown = [c for c in self.colours if c not in COLOURS] + [s for s in self.shapes if s not in SHAPES]
         if unknown:
             raise ValueError(f"unknown colours/shapes {unknown}; colours: {list(COLOURS)}, shapes: {list(SHAPES)}")
@@ -500,21 +504,39 @@ def clip_from_json(d: dict) -> ClipSpec:
     return ClipSpec(**d)
 
 
+def at_least(minimum: int, what: str = "an integer"):
+    """An argparse type for integers >= minimum: a bad value becomes a usage error that names the
+    option, the value and what is allowed (exit 2), not a traceback from deep in the writer."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what} >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m echoreel_core.toy.world",
                                      description="Write the toy world's base, prism and eval datasets.")
     parser.add_argument("out_dir")
-    parser.add_argument("--pairs", type=int, default=1024, help="Prism training pairs (default 1024)")
-    parser.add_argument("--base-videos", type=int, default=1024, help="base text-to-video videos (default 1024)")
-    parser.add_argument("--eval-pairs", type=int, default=96, help="held-out evaluation pairs (default 96)")
+    count = at_least(1, "a count")  # every split is written, and a dataset holds at least one entry
+    parser.add_argument("--pairs", type=count, default=1024, help="Prism training pairs (default 1024)")
+    parser.add_argument("--base-videos", type=count, default=1024, help="base text-to-video videos (default 1024)")
+    parser.add_argument("--eval-pairs", type=count, default=96, help="held-out evaluation pairs (default 96)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name-actions", choices=NAME_ACTIONS, default="known",
                         help="which actions captions name (default: those the base model knows)")
     parser.add_argument("--pair-motion", choices=PAIR_MOTIONS, default="copy")
-    parser.add_argument("--size", type=int, default=64, help="frame height and width (default 64)")
-    parser.add_argument("--frames", type=int, default=16, help="designed frames per clip (default 16)")
-    parser.add_argument("--stride", type=int, default=4, help="files hold (frames-1)*stride+1 frames (default 4)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--size", type=at_least(MIN_SIDE, "a side in pixels"), default=64,
+                        help=f"frame height and width (default 64, at least {MIN_SIDE})")
+    parser.add_argument("--frames", type=at_least(MIN_FRAMES), default=16,
+                        help=f"designed frames per clip (default 16, at least {MIN_FRAMES})")
+    parser.add_argument("--stride", type=at_least(1), default=4,
+                        help="files hold (frames-1)*stride+1 frames (default 4)")
+    parser.add_argument("--workers", type=at_least(1), default=min(4, os.cpu_count() or 1),
                         help="processes writing videos (the files do not depend on it)")
     add_threads_argument(parser)
     args = parser.parse_args(argv)
