@@ -4,6 +4,7 @@ few steps per stage."""
 
 import json
 import math
+import pathlib
 from dataclasses import replace
 
 import pytest
@@ -98,14 +99,28 @@ def test_base_phases_that_continue_need_a_model_to_continue(tmp_path, capsys):
     assert not (tmp_path / "base.safetensors").exists()
 
 
-def test_retrain_runs_every_stage_end_to_end(tmp_path):
+def refuse_the_shipped_folder(write):
+    """`write`, failing instead of writing into echoreel_core/toy/shipped: a test must never
+    replace the files the pack ships."""
+    def guarded(*args, **kwargs):
+        for arg in args:
+            if isinstance(arg, (str, pathlib.Path)) and pathlib.Path(arg).resolve().is_relative_to(SHIPPED_DIR):
+                raise AssertionError(f"retrain wrote into the shipped folder: {arg}")
+        return write(*args, **kwargs)
+    return guarded
+
+
+def test_retrain_runs_every_stage_end_to_end(tmp_path, monkeypatch):
     """The one retraining command at 2-4 steps a stage: data, VAE, base (three phases), EchoReel, ship,
-    evaluate."""
-    out = tmp_path / "shipped"
-    code = retrain.main(["--work", str(tmp_path / "work"), "--out", str(out), "--pairs", "4", "--vae-steps", "2",
+    evaluate; by default into the work folder, never over the shipped files."""
+    for name in ("save_video_model", "save_echoreel", "write_demo_reference"):
+        monkeypatch.setattr(retrain, name, refuse_the_shipped_folder(getattr(retrain, name)))
+    out = tmp_path / "work" / "shipped"  # the default --out
+    code = retrain.main(["--work", str(tmp_path / "work"), "--pairs", "4", "--vae-steps", "2",
                          "--base-steps", "2", "--motion-steps", "2", "--detail-steps", "2",
                          "--echoreel-steps", "2", "--eval-pairs", "1", "--eval-steps", "2", "--threads", "1"])
     assert code == 0
+    assert torch.get_num_threads() == 1  # --threads reached the trainer and the evaluation (conftest.py's count)
     model = load_video_model(out / TOY_MODEL_FILE)
     assert model.preset.name == TOY_PRESET.name and model.preset.vae.scale_factor != TOY_PRESET.vae.scale_factor
     retrained = load_echoreel(out / TOY_ECHOREEL_FILE)
@@ -118,6 +133,8 @@ def test_retrain_runs_every_stage_end_to_end(tmp_path):
                                                     "base_detail.safetensors", "echoreel/echoreel.safetensors",
                                                     "data/prism/prism.json")]
     written = [p.stat().st_mtime_ns for p in stages]
-    assert retrain.main(["--work", str(tmp_path / "work"), "--out", str(out), "--eval-pairs", "1",
+    elsewhere = tmp_path / "elsewhere"
+    assert retrain.main(["--work", str(tmp_path / "work"), "--out", str(elsewhere), "--eval-pairs", "1",
                          "--eval-steps", "2", "--threads", "1"]) == 0
     assert [p.stat().st_mtime_ns for p in stages] == written
+    assert all((elsewhere / name).is_file() for name in (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE))

@@ -1,5 +1,8 @@
 """Rebuild every shipped toy file from scratch, on a CPU: `python -m echoreel_core.toy.retrain`.
 
+The files go to --out, by default a folder inside --work, so that a trial run never overwrites
+the files the pack ships: pass `--out echoreel_core/toy/shipped` to replace those.
+
 Stages (each skipped when its output already exists in --work, so a cut-short run goes on where
 it stopped; the Prism stage resumes from its own latest checkpoint):
     1. data: the Prism training pairs (2000, seed 0) as mp4 files + the official JSON;
@@ -9,7 +12,8 @@ it stopped; the Prism stage resumes from its own latest checkpoint):
        half only (`--phase clean`), where objects get their outline and size;
     4. echoreel: the Action Prism and integration layers over the final base, by the project's
        trainer (`python -m echoreel_core.train --config toy`);
-    5. ship: the base model (fp16) and the EchoReel weights (fp32) into --out, with a reference
+    5. ship: the base model (fp16) and the EchoReel weights (fp32) into --out (default
+       --work/shipped), laid out as the shipped folder, with a reference
        video of a held-out action for the demo;
     6. evaluate: `toy.evaluate` on 60 held-out pairs, report into --work/eval.
 """
@@ -31,7 +35,7 @@ from ..echoreel.weights import load_echoreel, save_echoreel
 from ..threads import add_threads_argument, configure_threads
 from ..train import main as train_main
 from . import evaluate, pretrain
-from .models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_REFERENCE_FILE, SHIPPED_DIR
+from .models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_REFERENCE_FILE
 from ..video_io import write_video
 from .world import World, render, sample_clip, write_dataset
 
@@ -51,8 +55,11 @@ def write_demo_reference(path: Path, world: World = World()) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m echoreel_core.toy.retrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default="toy_work", help="data, checkpoints, logs and the evaluation")
-    parser.add_argument("--out", default=str(SHIPPED_DIR), help="where the shipped files go")
+    parser.add_argument("--work", default="toy_work",
+                        help="data, checkpoints, logs, the evaluation and (by default) the files to ship")
+    parser.add_argument("--out", help="where the files to ship go (default: WORK/shipped); "
+                                      "--out echoreel_core/toy/shipped, run from the repository root, replaces "
+                                      "the files the pack ships")
     parser.add_argument("--pairs", type=int, default=PRISM_PAIRS, help="Prism training pairs")
     parser.add_argument("--vae-steps", type=int, default=pretrain.VAE_SCHEDULE.steps)
     parser.add_argument("--base-steps", type=int, default=pretrain.BASE_SCHEDULE.steps)
@@ -67,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s", configure_threads(args.threads))
     # the trainer's and the evaluation's main set their own count: hand them the same --threads
     threads = ["--threads", str(args.threads)] if args.threads is not None else []
-    work, out = Path(args.work), Path(args.out)
+    work = Path(args.work)
+    out = Path(args.out) if args.out else work / "shipped"
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     times = {}
