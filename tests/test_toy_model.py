@@ -5,6 +5,7 @@ few steps per stage."""
 import json
 import math
 import pathlib
+import re
 from dataclasses import replace
 
 import pytest
@@ -15,6 +16,7 @@ from echoreel_core.checkpoints import load_video_model
 from echoreel_core.echoreel.weights import load_echoreel
 from echoreel_core.toy import metrics, pretrain, retrain
 from echoreel_core.toy.evaluate import EvalSettings, evaluate
+from echoreel_core.toy.evaluate import main as evaluate_main
 from echoreel_core.toy.models import (
     SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_PRESET, TOY_REFERENCE_FILE, shipped,
 )
@@ -97,6 +99,21 @@ def test_base_phases_that_continue_need_a_model_to_continue(tmp_path, capsys):
         assert refused.value.code == 2
         assert "the all phase starts from scratch; the noisy and clean phases need --init" in capsys.readouterr().err
     assert not (tmp_path / "base.safetensors").exists()
+
+
+def test_evaluate_help_names_files_that_exist(capsys):
+    with pytest.raises(SystemExit):
+        evaluate_main(["--help"])
+    text = capsys.readouterr().out
+    for default in (TOY_MODEL_FILE, TOY_ECHOREEL_FILE):
+        assert str(SHIPPED_DIR / default) in text  # in full, on one line
+    # every path it names (a "/" inside, or a source, doc or weights file): outputs are only named as folders
+    named = re.findall(r"[\w.~-]*/[\w./-]+|[\w-]+\.(?:md|py|safetensors|mp4)\b", text)
+    assert len(named) >= 3
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for name in named:
+        path = pathlib.Path(name.rstrip("."))
+        assert (path if path.is_absolute() else root / path).exists(), name
 
 
 def refuse_the_shipped_folder(write):

@@ -4,7 +4,7 @@ For every pair of a held-out evaluation set (actions that neither the base model
 trained on; reference objects that differ from the prompt's in colour and shape) it samples the
 prompt twice with the same seed and steps, without and with EchoReel fed the reference video
 (read from its mp4 file as a user's would be), tracks the object in every frame, and reports
-(toy-world.md):
+(the measures are defined in echoreel_core/toy/metrics.py):
     motion fidelity: the mean cosine between the generated and the reference motion vectors;
     path fidelity: the same without the size changes (where the object goes, not how big it is),
         which tells a wrong path from a right path drawn by an object whose size flickers;
@@ -38,7 +38,7 @@ from ..pipeline import EchoReelGuidance, SamplingSettings, decode_to_frames, gen
 from ..threads import add_threads_argument, configure_threads
 from ..video_io import frames_to_model_input, read_video_frames, write_video
 from . import metrics
-from .models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, shipped
+from .models import SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_MODEL_FILE, shipped
 from .world import World, write_dataset
 
 log = logging.getLogger("echoreel.toy.evaluate")
@@ -192,11 +192,18 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def shipped_defaults() -> str:
+    """The full paths of the default files, for --help's epilog: the description is printed raw,
+    so a long path is never broken across lines as argparse wraps option help."""
+    return (f"defaults (shipped with the pack):\n  --model     {SHIPPED_DIR / TOY_MODEL_FILE}\n"
+            f"  --echoreel  {SHIPPED_DIR / TOY_ECHOREEL_FILE}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m echoreel_core.toy.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help=f"base model (default: the shipped {TOY_MODEL_FILE})")
-    parser.add_argument("--echoreel", help=f"EchoReel weights (default: the shipped {TOY_ECHOREEL_FILE})")
+                                     epilog=shipped_defaults(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="base model (default: the shipped toy model, path below)")
+    parser.add_argument("--echoreel", help="EchoReel weights (default: the shipped toy weights, path below)")
     parser.add_argument("--data", help="an eval dataset JSON from toy.world (default: 60 held-out pairs, seed 0, "
                                        "written to a temporary folder)")
     parser.add_argument("--pairs", type=int, help="evaluate only the first N pairs")
