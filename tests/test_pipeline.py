@@ -133,5 +133,30 @@ def test_demo_writes_the_toy_side_by_side_and_reports_the_motions(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "reference | without EchoReel | with EchoReel" in result.stdout
     assert result.stdout.count("motion cosine with the reference") == 2
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("torch threads: ")
+    assert re.search(r"^\[ *[\d.]+ s\] sampling without EchoReel: step 2 of 2$", result.stdout, re.M)
+    assert re.search(r"^\[ *[\d.]+ s\] sampling with EchoReel: step 2 of 2$", result.stdout, re.M)
     info = probe_video(out)
     assert info.frame_count == 16 and (info.width, info.height) == (3 * 64 + 2 * 2, 64)  # three videos, two gaps
+
+
+@pytest.mark.parametrize("output, message", [
+    ("demo.webm", r"--output \S*demo\.webm: the suffix must be one of \.mp4, \.gif, got '\.webm'"),
+    ("a_file/demo.mp4", r"--output \S*a_file/demo\.mp4: cannot write there: \S*a_file is a file, not a folder"),
+])
+def test_demo_refuses_an_output_it_cannot_write_before_any_work(tmp_path, output, message):
+    (tmp_path / "a_file").write_text("")
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "echoreel_core.demo", "--output", str(tmp_path / output)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
+    assert "loading" not in result.stdout and time.perf_counter() - started < 60
+
+
+def test_demo_makes_its_output_folder(tmp_path):
+    out = tmp_path / "new" / "folder" / "demo.gif"
+    result = subprocess.run([sys.executable, "-m", "echoreel_core.demo", "--output", str(out), "--steps", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert probe_video(out).frame_count == 16

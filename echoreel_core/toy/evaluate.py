@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -83,15 +84,20 @@ def _outcome(frames: torch.Tensor, reference_track: metrics.Track, world: World)
 
 
 def without_and_with(model: VideoModel, echoreel: EchoReel, prompt: str, reference_latents: torch.Tensor,
-                     reference_caption: str, settings: SamplingSettings, strength: float = 1.0):
+                     reference_caption: str, settings: SamplingSettings, strength: float = 1.0,
+                     progress: Callable[[str, int], None] | None = None):
     """The prompt sampled twice with the same seed and steps, without and with EchoReel fed the
-    reference latents (1, c, t, h, w): two (t, H, W, 3) videos. The texts are encoded once."""
+    reference latents (1, c, t, h, w): two (t, H, W, 3) videos. The texts are encoded once.
+    progress(run, steps done) is called after every step of each run ("without"/"with EchoReel")."""
     context, negative = model.encode_text([prompt]), model.encode_text([""])
     features = action_features(echoreel, context, negative, [Reference(reference_latents,
                                                                        model.encode_text([reference_caption]))])
     guide = EchoReelGuidance(echoreel, features, strength)
-    return tuple(decode_to_frames(model, generate_latents(model, context, negative, settings, echoreel=g))
-                 for g in (None, guide))
+    videos = []
+    for run, g in (("without EchoReel", None), ("with EchoReel", guide)):
+        callback = (lambda i, x, x0, run=run: progress(run, i + 1)) if progress is not None else None
+        videos.append(decode_to_frames(model, generate_latents(model, context, negative, settings, callback, g)))
+    return tuple(videos)
 
 
 def evaluate_pair(model: VideoModel, echoreel: EchoReel, entry, extra: dict, settings: EvalSettings, index: int,

@@ -46,5 +46,5 @@ def shipped(name: str) -> Path:
     """A file shipped in echoreel_core/toy/shipped, with an error that says how to rebuild it."""
     path = SHIPPED_DIR / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: rebuild the toy model with `python -m echoreel_core.toy.retrain`")
+        raise FileNotFoundError(f"{path} is missing: rebuild the toy model with `python -m echoreel_core.toy.retrain --out echoreel_core/toy/shipped`")
     return path
