@@ -238,7 +238,7 @@ def check_finite(source: str | Path, tensors: dict[str, torch.Tensor]) -> None:
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(
-            f"{source}: {len(bad)} weight tensor{'s' if len(bad) > 1 else ''} hold NaN or Inf: "
+            f"{source}: {len(bad)} weight {'tensors hold' if len(bad) > 1 else 'tensor holds'} NaN or Inf: "
             f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; the file is damaged (or was saved from a "
             "diverged training run): use another copy"
         )

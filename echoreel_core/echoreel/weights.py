@@ -176,7 +176,9 @@ def _check_official_groups(path: Path, weights: dict[str, torch.Tensor], preset:
     naming what is missing, before any shape is read from it."""
     problems = []
     missing_prism = [PRISM + k for k in PRISM_SIZING if PRISM + k not in weights]
-    if missing_prism:
+    if not any(k.startswith(PRISM) for k in weights):
+        problems.append(f"the Action Prism is missing (no {PRISM}* keys)")
+    elif missing_prism:
         problems.append(f"the Action Prism ({PRISM}*) lacks {', '.join(missing_prism)}")
     with torch.device("meta"):
         unet = LVDMUNet(preset.unet) if preset.family == "lvdm" else VideoCrafterUNet(preset.unet)
