@@ -1,6 +1,6 @@
 """A real ComfyUI for the node and end-to-end tests, and the tiny weights and videos they use.
 
-ComfyUI comes from `scripts/setup_comfyui.sh` (.comfyui/ComfyUI, the 2024 copy that CI can
+ComfyUI comes from `scripts/setup_comfyui.sh` (.comfyui/ComfyUI, the 0.3.75 copy that CI can
 install); its torchvision/torchaudio imports are served by the stand-ins in tests/comfyui_stubs.
 """
 
