@@ -233,6 +233,22 @@ def read_video_frames(path, num_frames=16, stride=4, start=0, size=None, resize_
     return frames, info, repeated
 
 
+def select_frames(frames: torch.Tensor, num_frames: int = 16, stride: int = 4, start: int = 0, size=None,
+                  resize_mode: str = "squash") -> tuple[torch.Tensor, int]:
+    """The official selection (start, start+stride, ..., the last frame repeated past the end) and
+    resize over frames already decoded, (T, H, W, 3) in [0, 1] (e.g. a ComfyUI VIDEO's images).
+    Returns ((num_frames, h, w, 3), repeated). Both modes resize with torch (bilinear,
+    antialiased): only files get FFmpeg's scaler, as in the official loader."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"expected frames (t, h, w, 3), t >= 1; got {tuple(frames.shape)}")
+    if resize_mode not in ("squash", "crop"):
+        raise ValueError(f"resize_mode must be 'squash' or 'crop', got {resize_mode!r}")
+    indices, repeated = frame_indices(frames.shape[0], num_frames, stride, start)
+    h, w = tuple(frames.shape[1:3]) if size is None else (int(size[0]), int(size[1]))
+    out = torch.stack([_resize(frames[i].float(), (h, w), resize_mode) for i in indices])  # (t, h, w, 3)
+    return out, repeated
+
+
 def frames_to_model_input(frames: torch.Tensor) -> torch.Tensor:
     """(t, h, w, 3) in [0, 1] (or uint8) -> (1, 3, t, h, w) in [-1, 1], as the official loader."""
     if frames.ndim != 4 or frames.shape[-1] != 3:
