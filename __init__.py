@@ -1,14 +1,18 @@
-"""ComfyUI-EchoReel: the ComfyUI entry point (V1 node API).
+"""ComfyUI-EchoReel: the ComfyUI entry point (V3 node API: `comfy_entrypoint`).
 
-Inside ComfyUI (where `comfy` is importable) this registers the nodes; imported anywhere else,
-e.g. by a test runner or a training script, it registers nothing and imports nothing.
+Inside ComfyUI (where `comfy` is importable) this exposes the extension and the web folder (node
+help pages and the upload widget); imported anywhere else, e.g. by a test runner or a training
+script, it imports nothing. No NODE_CLASS_MAPPINGS: ComfyUI would take that V1 branch first and
+never call the entry point.
 """
 
 import importlib.util
 
-if __package__ and importlib.util.find_spec("comfy") is not None:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-else:
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+WEB_DIRECTORY = "./web"
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+if __package__ and importlib.util.find_spec("comfy") is not None:
+    from .nodes import comfy_entrypoint
+
+    __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]
+else:
+    __all__ = ["WEB_DIRECTORY"]

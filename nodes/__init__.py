@@ -1,4 +1,8 @@
-"""ComfyUI nodes: thin adapters between ComfyUI types and echoreel_core (V1 node API)."""
+"""ComfyUI nodes (V3 schema): thin adapters between ComfyUI types and echoreel_core."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
 
 from . import runtime
 from .conditioning import VideoCrafterTextEncode
@@ -7,18 +11,17 @@ from .loaders import LoadEchoReel, LoadVideoCrafterCheckpoint
 from .sampler import LongVideoSampler, VideoCrafterSampler
 from .video import LoadReferenceVideo
 
-runtime.register_model_folders()
+NODES: list[type[io.ComfyNode]] = [
+    LoadVideoCrafterCheckpoint, LoadEchoReel, LoadReferenceVideo, VideoCrafterTextEncode,
+    ActionPrismEncode, ApplyEchoReel, VideoCrafterSampler, LongVideoSampler,
+]
 
-# Node ids are saved in workflows: never rename one.
-NODES = {
-    "EchoReel_LoadVideoCrafterCheckpoint": (LoadVideoCrafterCheckpoint, "Load VideoCrafter Checkpoint"),
-    "EchoReel_LoadEchoReel": (LoadEchoReel, "Load EchoReel"),
-    "EchoReel_LoadReferenceVideo": (LoadReferenceVideo, "Load Reference Video"),
-    "EchoReel_TextEncode": (VideoCrafterTextEncode, "VideoCrafter Text Encode"),
-    "EchoReel_ActionPrismEncode": (ActionPrismEncode, "Action Prism Encode"),
-    "EchoReel_ApplyEchoReel": (ApplyEchoReel, "Apply EchoReel to Model"),
-    "EchoReel_VideoCrafterSampler": (VideoCrafterSampler, "VideoCrafter Sampler"),
-    "EchoReel_LongVideoSampler": (LongVideoSampler, "VideoCrafter Long Video Sampler"),
-}
-NODE_CLASS_MAPPINGS = {node_id: cls for node_id, (cls, _) in NODES.items()}
-NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, (_, name) in NODES.items()}
+
+class EchoReelExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> EchoReelExtension:
+    runtime.register_model_folders()
+    return EchoReelExtension()

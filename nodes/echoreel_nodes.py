@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from comfy_api.latest import io
 
 from ..echoreel_core.echoreel.features import ActionFeatures, Reference, action_features, encode_reference
 from ..echoreel_core.video_io import frames_to_model_input
 from . import runtime
+from .common import ActionFeaturesType, VideoModelType, echoreel_input, model_input, schema, seed_input, vae_input
 from .loaders import core_vae
-from .types import ACTION_FEATURES, ECHOREEL, VIDEO_MODEL, AppliedEchoReel
+from .types import AppliedEchoReel
 
 POSTERIOR = ["sample (official)", "mean"]
 
@@ -22,37 +24,35 @@ def text_context(conditioning, what: str) -> torch.Tensor:
     return conditioning[0][0]
 
 
-class ActionPrismEncode:
-    DESCRIPTION = (
-        "Runs the Action Prism once on a reference video: its clean VAE latents plus the reference caption "
-        "and the prompt give the action features (both guidance branches). Connect `add_to` to combine "
-        "several reference videos."
-    )
-    CATEGORY = "EchoReel"
-    FUNCTION = "encode"
-    RETURN_TYPES = (ACTION_FEATURES,)
-    RETURN_NAMES = ("action_features",)
-    OUTPUT_TOOLTIPS = ("The Prism's output for the prompt and for the negative prompt; computed once per run.",)
+class ActionPrismEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            "EchoReel_ActionPrismEncode", "Action Prism Encode", "EchoReel",
+            "Runs the Action Prism once on a reference video: its clean VAE latents plus the reference caption and "
+            "the prompt give the action features (both guidance branches). Connect `add_to` to combine several "
+            "reference videos.",
+            inputs=[
+                echoreel_input(),
+                vae_input("The checkpoint's VAE, to encode the reference frames."),
+                io.Image.Input("reference", tooltip="Reference frames from Load Reference Video, at the EchoReel model's size."),
+                io.Conditioning.Input("reference_caption", tooltip="The reference video's caption, encoded with VideoCrafter Text Encode."),
+                io.Conditioning.Input("positive", tooltip="The prompt of the video to generate."),
+                io.Conditioning.Input("negative", tooltip="The negative (or empty) prompt: the unconditional branch keeps the same reference, as official."),
+                seed_input(0, "Seed of the VAE posterior sample of the reference latents."),
+                io.Combo.Input("posterior", options=POSTERIOR, default=POSTERIOR[0],
+                               tooltip="sample: a seeded posterior sample, as official; mean: the posterior mean."),
+                ActionFeaturesType.Input("add_to", optional=True,
+                                         tooltip="Features of other references: this reference is appended (same prompts)."),
+            ],
+            outputs=[ActionFeaturesType.Output("action_features", display_name="action_features",
+                                               tooltip="The Prism's output for the prompt and for the negative prompt; computed once per run.")],
+            aliases=["action prism", "motion features"],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "echoreel": (ECHOREEL, {"tooltip": "From Load EchoReel."}),
-                "vae": ("VAE", {"tooltip": "The checkpoint's VAE, to encode the reference frames."}),
-                "reference": ("IMAGE", {"tooltip": "Reference frames from Load Reference Video, at the EchoReel model's size."}),
-                "reference_caption": ("CONDITIONING", {"tooltip": "The reference video's caption, encoded with VideoCrafter Text Encode."}),
-                "positive": ("CONDITIONING", {"tooltip": "The prompt of the video to generate."}),
-                "negative": ("CONDITIONING", {"tooltip": "The negative (or empty) prompt: the unconditional branch keeps the same reference, as official."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Seed of the VAE posterior sample of the reference latents."}),
-                "posterior": (POSTERIOR, {"default": POSTERIOR[0], "tooltip": "sample: a seeded posterior sample, as official; mean: the posterior mean."}),
-            },
-            "optional": {
-                "add_to": (ACTION_FEATURES, {"tooltip": "Features of other references: this reference is appended (same prompts)."}),
-            },
-        }
-
-    def encode(self, echoreel, vae, reference, reference_caption, positive, negative, seed, posterior, add_to=None):
+    def execute(cls, echoreel, vae, reference, reference_caption, positive, negative, seed, posterior,
+                add_to=None) -> io.NodeOutput:
         weights = echoreel.model
         prism = weights.config.prism
         size = (prism.latent_height * vae.downscale_ratio, prism.latent_width * vae.downscale_ratio)
@@ -82,35 +82,34 @@ class ActionPrismEncode:
                 torch.cat([add_to.cond, features.cond], dim=1), torch.cat([add_to.uncond, features.uncond], dim=1),
                 features.frames_per_reference,
             )
-        return (features,)
+        return io.NodeOutput(features)
 
 
-class ApplyEchoReel:
-    DESCRIPTION = (
-        "Returns a copy of the video model with EchoReel applied (the input model is untouched); the sampler "
-        "attaches it only while it runs. Strength scales the injected motion; start/end bound the fraction "
-        "of the denoising steps in which it acts."
-    )
-    CATEGORY = "EchoReel"
-    FUNCTION = "apply"
-    RETURN_TYPES = (VIDEO_MODEL,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The video model with EchoReel applied.",)
+class ApplyEchoReel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            "EchoReel_ApplyEchoReel", "Apply EchoReel to Model", "EchoReel",
+            "Returns a copy of the video model with EchoReel applied (the input model is untouched); the sampler "
+            "attaches it only while it runs. Strength scales the injected motion; start/end bound the fraction of "
+            "the denoising steps in which it acts.",
+            inputs=[
+                model_input("From Load VideoCrafter Checkpoint."),
+                echoreel_input(),
+                ActionFeaturesType.Input("action_features", tooltip="From Action Prism Encode."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05,
+                               tooltip="Scale of the injected residual (1 = as trained, 0 = the base model)."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the steps before EchoReel starts acting."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the steps after which EchoReel stops acting."),
+            ],
+            outputs=[VideoModelType.Output("patched_model", display_name="model", tooltip="The video model with EchoReel applied.")],
+            aliases=["apply motion"],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (VIDEO_MODEL, {"tooltip": "From Load VideoCrafter Checkpoint."}),
-                "echoreel": (ECHOREEL, {"tooltip": "EchoReel weights trained for this model's family and size."}),
-                "action_features": (ACTION_FEATURES, {"tooltip": "From Action Prism Encode."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip": "Scale of the injected residual (1 = as trained, 0 = the base model)."}),
-                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction of the steps before EchoReel starts acting."}),
-                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction of the steps after which EchoReel stops acting."}),
-            }
-        }
-
-    def apply(self, model, echoreel, action_features, strength, start_percent, end_percent):
+    def execute(cls, model, echoreel, action_features, strength, start_percent, end_percent) -> io.NodeOutput:
         if model.echoreel is not None:
             raise ValueError("this model already has EchoReel applied: combine references with Action Prism Encode's add_to")
         echoreel.model.check_fits(model.preset, model.unet.model)
@@ -118,4 +117,4 @@ class ApplyEchoReel:
         if action_features.cond.shape[-1] != width:
             raise ValueError(f"the action features are {action_features.cond.shape[-1]} wide, these EchoReel weights take {width}")
         applied = AppliedEchoReel(echoreel, action_features, strength, start_percent, end_percent)
-        return (dataclasses.replace(model, unet=model.unet.clone(), echoreel=applied),)
+        return io.NodeOutput(dataclasses.replace(model, unet=model.unet.clone(), echoreel=applied))

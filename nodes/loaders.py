@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import comfy.sd
 import torch
+from comfy_api.latest import io
 
 from ..echoreel_core.checkpoints import load_video_model
 from ..echoreel_core.detect import vae_config
@@ -11,7 +12,8 @@ from ..echoreel_core.echoreel.weights import load_echoreel
 from ..echoreel_core.models.autoencoder import AutoencoderKL
 from ..echoreel_core.models.tokenizer import CLIPTokenizer
 from . import runtime
-from .types import ECHOREEL, TEXT_ENCODER, VIDEO_MODEL, TextEncoder, VideoCrafterModel
+from .common import EchoReelType, TextEncoderType, VideoModelType, schema
+from .types import TextEncoderModel, VideoCrafterModel
 
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
 
@@ -43,35 +45,36 @@ def core_vae(native: comfy.sd.VAE) -> AutoencoderKL:
     return cached
 
 
-class LoadVideoCrafterCheckpoint:
-    DESCRIPTION = (
-        "Loads an official VideoCrafter1/2 or LVDM checkpoint (.ckpt/.pt read safely, or our .safetensors). "
-        "The model is recognised from the weights, not the file name."
-    )
-    CATEGORY = "EchoReel/loaders"
-    FUNCTION = "load"
-    RETURN_TYPES = (VIDEO_MODEL, TEXT_ENCODER, "VAE")
-    RETURN_NAMES = ("model", "text_encoder", "vae")
-    OUTPUT_TOOLTIPS = (
-        "The video diffusion model (UNet, schedule, and for I2V the image encoder).",
-        "The checkpoint's own text encoder, for VideoCrafter Text Encode.",
-        "The checkpoint's VAE as a native ComfyUI VAE (works with VAE Decode).",
-    )
+class LoadVideoCrafterCheckpoint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            "EchoReel_LoadVideoCrafterCheckpoint", "Load VideoCrafter Checkpoint", "EchoReel/loaders",
+            "Loads an official VideoCrafter1/2 or LVDM checkpoint (.ckpt/.pt read safely, or our .safetensors). "
+            "The model is recognised from the weights, not the file name.",
+            inputs=[
+                io.Combo.Input("ckpt_name", options=runtime.model_files("videocrafter"),
+                               tooltip="A file in models/videocrafter (or models/checkpoints)."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto",
+                               tooltip="Weight dtype of the UNet; auto lets ComfyUI choose for your device (fp32 on CPU)."),
+            ],
+            outputs=[
+                VideoModelType.Output("model", display_name="model",
+                                  tooltip="The video diffusion model (UNet, schedule, and for I2V the image encoder)."),
+                TextEncoderType.Output("text_encoder", display_name="text_encoder",
+                                   tooltip="The checkpoint's own text encoder, for VideoCrafter Text Encode."),
+                io.Vae.Output("vae", display_name="vae",
+                              tooltip="The checkpoint's VAE as a native ComfyUI VAE (works with VAE Decode)."),
+            ],
+            aliases=["checkpoint loader", "video model"],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "ckpt_name": (runtime.model_files("videocrafter"), {"tooltip": "A file in models/videocrafter (or models/checkpoints)."}),
-                "dtype": (DTYPES, {"default": "auto", "tooltip": "Weight dtype of the UNet; auto lets ComfyUI choose for your device (fp32 on CPU)."}),
-            }
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, ckpt_name, **kwargs):
+    def validate_inputs(cls, ckpt_name: str) -> bool | str:
         return runtime.validate_model_file("videocrafter", ckpt_name)
 
-    def load(self, ckpt_name: str, dtype: str):
+    @classmethod
+    def execute(cls, ckpt_name: str, dtype: str) -> io.NodeOutput:
         path = runtime.model_path("videocrafter", ckpt_name)
         unet_dtype = runtime.weight_dtype(dtype, runtime.mm.get_torch_device())
         model = load_video_model(path, dtype=torch.float32)
@@ -80,33 +83,28 @@ class LoadVideoCrafterCheckpoint:
         if model.preset.is_i2v:
             image = runtime.unet_patcher(torch.nn.ModuleDict({"image_encoder": model.image_encoder, "resampler": model.resampler}))
         video_model = VideoCrafterModel(runtime.unet_patcher(model.unet), model.preset, model.schedule, image)
-        text = TextEncoder(runtime.text_encoder_patcher(model.text_encoder), CLIPTokenizer(runtime.tokenizer_merges_path()))
-        return (video_model, text, native_vae(model.vae))
+        text = TextEncoderModel(runtime.text_encoder_patcher(model.text_encoder), CLIPTokenizer(runtime.tokenizer_merges_path()))
+        return io.NodeOutput(video_model, text, native_vae(model.vae))
 
 
-class LoadEchoReel:
-    DESCRIPTION = (
-        "Loads EchoReel weights (Action Prism + integration layers): our .safetensors, or the official "
-        "checkpoint.pt read safely."
-    )
-    CATEGORY = "EchoReel/loaders"
-    FUNCTION = "load"
-    RETURN_TYPES = (ECHOREEL,)
-    RETURN_NAMES = ("echoreel",)
-    OUTPUT_TOOLTIPS = ("EchoReel weights for one base model family and size.",)
+class LoadEchoReel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            "EchoReel_LoadEchoReel", "Load EchoReel", "EchoReel/loaders",
+            "Loads EchoReel weights (Action Prism + integration layers): our .safetensors, or the official "
+            "checkpoint.pt read safely.",
+            inputs=[io.Combo.Input("echoreel_name", options=runtime.model_files("echoreel"), tooltip="A file in models/echoreel.")],
+            outputs=[EchoReelType.Output("echoreel", display_name="echoreel",
+                                            tooltip="EchoReel weights for one base model family and size.")],
+            aliases=["action prism weights"],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "echoreel_name": (runtime.model_files("echoreel"), {"tooltip": "A file in models/echoreel."}),
-            }
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, echoreel_name, **kwargs):
+    def validate_inputs(cls, echoreel_name: str) -> bool | str:
         return runtime.validate_model_file("echoreel", echoreel_name)
 
-    def load(self, echoreel_name: str):
+    @classmethod
+    def execute(cls, echoreel_name: str) -> io.NodeOutput:
         echoreel = load_echoreel(runtime.model_path("echoreel", echoreel_name)).eval()
-        return (runtime.unet_patcher(echoreel),)
+        return io.NodeOutput(runtime.unet_patcher(echoreel))

@@ -15,12 +15,6 @@ from ..echoreel_core.models.tokenizer import CLIPTokenizer
 from ..echoreel_core.presets import ModelPreset
 from ..echoreel_core.sampling.schedule import NoiseSchedule
 
-VIDEO_MODEL = "VIDEOCRAFTER_MODEL"
-TEXT_ENCODER = "VIDEOCRAFTER_TEXT_ENCODER"
-ECHOREEL = "ECHOREEL"
-ACTION_FEATURES = "ECHOREEL_ACTION_FEATURES"
-
-
 @dataclass(frozen=True)
 class AppliedEchoReel:
     weights: ModelPatcher  # wraps an echoreel_core EchoReel
@@ -43,7 +37,7 @@ class VideoCrafterModel:
 
 
 @dataclass(frozen=True)
-class TextEncoder:
+class TextEncoderModel:
     """VIDEOCRAFTER_TEXT_ENCODER: the checkpoint's own text encoder and the CLIP tokenizer."""
 
     patcher: ModelPatcher

@@ -233,7 +233,8 @@ def test_every_node_is_registered(server):
     ours = {k: v for k, v in info.items() if k.startswith("EchoReel_")}
     assert len(ours) == 8
     # the shipped toy model is listed and its reference video was put into the input folder
-    assert "videocrafter2_toy.safetensors" in info["EchoReel_LoadVideoCrafterCheckpoint"]["input"]["required"]["ckpt_name"][0]
+    kind, options = info["EchoReel_LoadVideoCrafterCheckpoint"]["input"]["required"]["ckpt_name"]
+    assert kind == "COMBO" and "videocrafter2_toy.safetensors" in options["options"]  # the V3 combo form
     assert (server.base / "input" / "toy_reference.mp4").is_file()
     assert all(v["category"].startswith("EchoReel") and v["description"] for v in ours.values())
 

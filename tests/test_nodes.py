@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 
 import pytest
@@ -32,48 +33,103 @@ def nodes(tmp_path_factory):
     folder_paths.set_input_directory(str(base / "input"))
     write_reference_video(base / "input" / "reference.mp4")
     (base / "input" / "broken.mp4").write_bytes(b"\x00not a video" * 100)
-    return {node_id: cls() for node_id, cls in pack.nodes.NODE_CLASS_MAPPINGS.items()}
+    asyncio.run(pack.comfy_entrypoint())  # registers the model folders, as ComfyUI's loader does
+    return {cls.define_schema().node_id: cls for cls in pack.nodes.NODES}
+
+
+def video_options(node) -> list[str]:
+    """The files the Load Reference Video's upload combo lists."""
+    return next(i for i in node.define_schema().inputs if i.id == "video").options
+
+
+def load_reference(nodes, video, frames, stride, start, width, height, resize):
+    """Load Reference Video by input name, as ComfyUI calls it."""
+    return nodes["EchoReel_LoadReferenceVideo"].execute(frames=frames, stride=stride, start=start, width=width,
+                                                        height=height, resize=resize, video=video)
 
 
 def encode(nodes, text_encoder, text):
-    return nodes["EchoReel_TextEncode"].encode(text_encoder, text)[0]
+    return nodes["EchoReel_TextEncode"].execute(text_encoder, text)[0]
 
 
-def test_every_node_has_tooltips_and_a_description(nodes):
-    for node in nodes.values():
-        cls = type(node)
-        assert cls.DESCRIPTION and cls.CATEGORY.startswith("EchoReel")
-        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
-        spec = cls.INPUT_TYPES()
-        for group in ("required", "optional"):
-            for name, (_, options) in spec.get(group, {}).items():
-                assert options.get("tooltip"), f"{cls.__name__}.{name} has no tooltip"
+WAVE1_NODES = {  # id -> (inputs in widget order, outputs): what saved workflows hold, never to change
+    "EchoReel_LoadVideoCrafterCheckpoint": (["ckpt_name", "dtype"], ["model", "text_encoder", "vae"]),
+    "EchoReel_LoadEchoReel": (["echoreel_name"], ["echoreel"]),
+    "EchoReel_LoadReferenceVideo": (["frames", "stride", "start", "width", "height", "resize", "video"],
+                                    ["frames", "frame_count", "fps"]),
+    "EchoReel_TextEncode": (["text_encoder", "text"], ["CONDITIONING"]),
+    "EchoReel_ActionPrismEncode": (["echoreel", "vae", "reference", "reference_caption", "positive", "negative", "seed",
+                                    "posterior", "add_to"], ["action_features"]),
+    "EchoReel_ApplyEchoReel": (["model", "echoreel", "action_features", "strength", "start_percent", "end_percent"],
+                               ["model"]),
+    "EchoReel_VideoCrafterSampler": (["model", "positive", "negative", "vae", "width", "height", "frames", "fps", "steps",
+                                      "cfg", "eta", "seed", "image"], ["frames", "latent"]),
+    "EchoReel_LongVideoSampler": (["model", "positive", "negative", "vae", "width", "height", "frames", "fps", "steps",
+                                   "cfg", "eta", "seed", "clips", "overlap", "alpha", "beta", "drop_overlap", "image"],
+                                  ["frames", "latent"]),
+}
+
+
+def test_v3_nodes_keep_every_wave1_id_input_and_output_in_order(nodes):
+    """Saved workflows hold node ids, input names in widget order and outputs by slot: new inputs
+    and outputs may only come after the old ones."""
+    assert set(nodes) == set(WAVE1_NODES)
+    for node_id, (inputs, outputs) in WAVE1_NODES.items():
+        info = nodes[node_id].GET_NODE_INFO_V1()
+        order = info["input_order"]["required"] + info["input_order"].get("optional", [])
+        assert [name for name in order if name in inputs] == inputs, node_id
+        assert order[:len(inputs)] == inputs, node_id  # anything new comes after
+        assert list(info["output_name"][:len(outputs)]) == outputs, node_id
+
+
+def test_every_node_has_tooltips_a_description_and_a_help_page(nodes):
+    from comfyui_env import ROOT
+
+    for node_id, cls in nodes.items():
+        schema = cls.define_schema()
+        assert schema.description and schema.category.startswith("EchoReel"), node_id
+        for item in schema.inputs + schema.outputs:
+            assert item.tooltip, f"{node_id}.{item.id} has no tooltip"
+        page = ROOT / "web" / "docs" / f"{node_id}.md"
+        assert page.is_file() and page.read_text().startswith(f"# {schema.display_name}\n"), page
+
+
+def test_comfyui_checks_every_input_but_the_file_names(nodes):
+    """validate_inputs names only the file input, so ComfyUI's own type, range and option checks
+    run on every other input (a `**kwargs` there would switch them off)."""
+    import inspect
+
+    for node_id, cls in nodes.items():
+        validate = cls.__dict__.get("validate_inputs")
+        if validate is not None:
+            spec = inspect.getfullargspec(validate.__func__)
+            assert spec.varkw is None and len(spec.args) == 2, node_id  # (cls, the file input)
 
 
 def test_text_to_video_with_echoreel_through_the_nodes(nodes):
-    model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].load(LVDM_FILE, "auto")
+    model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].execute(LVDM_FILE, "auto")
     assert model.preset.family == "lvdm" and model.echoreel is None
     positive, negative = encode(nodes, text_encoder, "a red circle"), encode(nodes, text_encoder, "")
     caption = encode(nodes, text_encoder, "a red square moving right")
     assert positive[0][0].shape == (1, 77, 64)
-    (echoreel,) = nodes["EchoReel_LoadEchoReel"].load(LVDM_ECHOREEL_FILE)
-    frames, count, fps = nodes["EchoReel_LoadReferenceVideo"].load("reference.mp4", 4, 4, 0, 32, 32, "squash (official)")
+    (echoreel,) = nodes["EchoReel_LoadEchoReel"].execute(LVDM_ECHOREEL_FILE)
+    frames, count, fps = load_reference(nodes, "reference.mp4", 4, 4, 0, 32, 32, "squash (official)")
     assert frames.shape == (4, 32, 32, 3) and count == 4 and fps == pytest.approx(8.0)
-    (features,) = nodes["EchoReel_ActionPrismEncode"].encode(echoreel, vae, frames, caption, positive, negative, 0, "sample (official)")
-    (applied,) = nodes["EchoReel_ApplyEchoReel"].apply(model, echoreel, features, 1.0, 0.0, 1.0)
+    (features,) = nodes["EchoReel_ActionPrismEncode"].execute(echoreel, vae, frames, caption, positive, negative, 0, "sample (official)")
+    (applied,) = nodes["EchoReel_ApplyEchoReel"].execute(model, echoreel, features, 1.0, 0.0, 1.0)
     assert model.echoreel is None and applied.unet is not model.unet  # the input model is untouched
 
     sampler = nodes["EchoReel_VideoCrafterSampler"]
     args = (positive, negative, vae, 32, 32, 4, 8, 3, 7.5, 1.0, 5)
-    images, latent = sampler.sample(applied, *args)
-    again, _ = sampler.sample(applied, *args)
-    base, _ = sampler.sample(model, *args)
+    images, latent, video = sampler.execute(applied, *args)
+    again, _, _ = sampler.execute(applied, *args)
+    base, _, _ = sampler.execute(model, *args)
     assert images.shape == (4, 32, 32, 3) and latent["samples"].shape == (4, 4, 16, 16)
     assert torch.isfinite(images).all() and 0 <= images.min() and images.max() <= 1
     assert torch.equal(images, again)
     assert (images - base).abs().max() > 1e-4  # EchoReel changed the video
     # nothing stays attached: the base model still gives its own output
-    assert torch.equal(sampler.sample(model, *args)[0], base)
+    assert torch.equal(sampler.execute(model, *args)[0], base)
     # the LATENT decodes with ComfyUI's own VAE Decode to the same frames
     import nodes as comfy_nodes
 
@@ -82,46 +138,46 @@ def test_text_to_video_with_echoreel_through_the_nodes(nodes):
 
 
 def test_two_references_chain(nodes):
-    model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].load(LVDM_FILE, "fp32")
+    model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].execute(LVDM_FILE, "fp32")
     positive, negative = encode(nodes, text_encoder, "a dog"), encode(nodes, text_encoder, "")
-    (echoreel,) = nodes["EchoReel_LoadEchoReel"].load(LVDM_ECHOREEL_FILE)
-    frames, _, _ = nodes["EchoReel_LoadReferenceVideo"].load("reference.mp4", 4, 2, 0, 32, 32, "crop")
+    (echoreel,) = nodes["EchoReel_LoadEchoReel"].execute(LVDM_ECHOREEL_FILE)
+    frames, _, _ = load_reference(nodes, "reference.mp4", 4, 2, 0, 32, 32, "crop")
     prism = nodes["EchoReel_ActionPrismEncode"]
-    (first,) = prism.encode(echoreel, vae, frames, positive, positive, negative, 0, "mean")
-    (both,) = prism.encode(echoreel, vae, frames.flip(0), negative, positive, negative, 0, "mean", add_to=first)
+    (first,) = prism.execute(echoreel, vae, frames, positive, positive, negative, 0, "mean")
+    (both,) = prism.execute(echoreel, vae, frames.flip(0), negative, positive, negative, 0, "mean", add_to=first)
     assert both.cond.shape[1] == 2 * first.cond.shape[1] and torch.equal(both.cond[:, :4], first.cond)
 
 
 def test_image_to_video(nodes):
-    model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].load(I2V_FILE, "auto")
+    model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].execute(I2V_FILE, "auto")
     assert model.preset.is_i2v
     positive, negative = encode(nodes, text_encoder, "a cat"), encode(nodes, text_encoder, "")
     sampler = nodes["EchoReel_VideoCrafterSampler"]
     image = torch.rand(1, 40, 56, 3)
-    images, _ = sampler.sample(model, positive, negative, vae, 32, 32, 4, 8, 2, 7.5, 1.0, 1, image=image)
+    images, _, _ = sampler.execute(model, positive, negative, vae, 32, 32, 4, 8, 2, 7.5, 1.0, 1, image=image)
     assert images.shape == (4, 32, 32, 3)
     with pytest.raises(ValueError, match="image-to-video model: connect an image"):
-        sampler.sample(model, positive, negative, vae, 32, 32, 4, 8, 2, 7.5, 1.0, 1)
+        sampler.execute(model, positive, negative, vae, 32, 32, 4, 8, 2, 7.5, 1.0, 1)
 
 
 def test_bad_inputs_give_clear_errors(nodes):
     with pytest.raises(FileNotFoundError, match="absent.safetensors: not found in models/videocrafter"):
-        nodes["EchoReel_LoadVideoCrafterCheckpoint"].load("absent.safetensors", "auto")
+        nodes["EchoReel_LoadVideoCrafterCheckpoint"].execute("absent.safetensors", "auto")
     from comfyui_echoreel_pack.echoreel_core.video_io import VideoReadError
 
     with pytest.raises(VideoReadError, match="broken.mp4"):
-        nodes["EchoReel_LoadReferenceVideo"].load("broken.mp4", 4, 4, 0, 32, 32, "crop")
-    model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].load(LVDM_FILE, "auto")
-    (i2v_echoreel,) = nodes["EchoReel_LoadEchoReel"].load(I2V_ECHOREEL_FILE)
+        load_reference(nodes, "broken.mp4", 4, 4, 0, 32, 32, "crop")
+    model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].execute(LVDM_FILE, "auto")
+    (i2v_echoreel,) = nodes["EchoReel_LoadEchoReel"].execute(I2V_ECHOREEL_FILE)
     positive = encode(nodes, text_encoder, "x")
-    frames, _, _ = nodes["EchoReel_LoadReferenceVideo"].load("reference.mp4", 4, 4, 0, 32, 32, "crop")
-    (lvdm_echoreel,) = nodes["EchoReel_LoadEchoReel"].load(LVDM_ECHOREEL_FILE)
-    (features,) = nodes["EchoReel_ActionPrismEncode"].encode(lvdm_echoreel, vae, frames, positive, positive, positive, 0, "mean")
+    frames, _, _ = load_reference(nodes, "reference.mp4", 4, 4, 0, 32, 32, "crop")
+    (lvdm_echoreel,) = nodes["EchoReel_LoadEchoReel"].execute(LVDM_ECHOREEL_FILE)
+    (features,) = nodes["EchoReel_ActionPrismEncode"].execute(lvdm_echoreel, vae, frames, positive, positive, positive, 0, "mean")
     with pytest.raises(ValueError, match="these EchoReel weights are for videocrafter.*the model is lvdm"):
-        nodes["EchoReel_ApplyEchoReel"].apply(model, i2v_echoreel, features, 1.0, 0.0, 1.0)
-    small, _, _ = nodes["EchoReel_LoadReferenceVideo"].load("reference.mp4", 4, 4, 0, 16, 16, "crop")
+        nodes["EchoReel_ApplyEchoReel"].execute(model, i2v_echoreel, features, 1.0, 0.0, 1.0)
+    small, _, _ = load_reference(nodes, "reference.mp4", 4, 4, 0, 16, 16, "crop")
     with pytest.raises(ValueError, match="need 32x32"):
-        nodes["EchoReel_ActionPrismEncode"].encode(lvdm_echoreel, vae, small, positive, positive, positive, 0, "mean")
+        nodes["EchoReel_ActionPrismEncode"].execute(lvdm_echoreel, vae, small, positive, positive, positive, 0, "mean")
 
 
 def test_file_names_stay_inside_comfyui_folders(nodes, tmp_path, monkeypatch):
@@ -141,22 +197,22 @@ def test_file_names_stay_inside_comfyui_folders(nodes, tmp_path, monkeypatch):
                          ("../outside.mp4 [output]", tmp_path)):
         given = name.removesuffix(" [output]")
         message = f'refused "{given}": files must be inside {folder}'
-        assert video.VALIDATE_INPUTS(video=name) == message
-        for call in (lambda: video.IS_CHANGED(video=name), lambda: video.load(name, 4, 4, 0, 32, 32, "crop")):
+        assert video.validate_inputs(video=name) == message
+        for call in (lambda: video.fingerprint_inputs(video=name), lambda: load_reference(nodes, name, 4, 4, 0, 32, 32, "crop")):
             with pytest.raises(ValueError) as caught:
                 call()
             assert str(caught.value) == message
-    assert video.VALIDATE_INPUTS(video="made.mp4 [output]") is True
-    assert video.load("made.mp4 [output]", 4, 4, 0, 32, 32, "crop")[0].shape == (4, 32, 32, 3)
+    assert video.validate_inputs(video="made.mp4 [output]") is True
+    assert load_reference(nodes, "made.mp4 [output]", 4, 4, 0, 32, 32, "crop")[0].shape == (4, 32, 32, 3)
 
     checkpoint, echoreel = nodes["EchoReel_LoadVideoCrafterCheckpoint"], nodes["EchoReel_LoadEchoReel"]
     for name in ("../../etc/passwd", "/etc/passwd", runtime.model_path("videocrafter", LVDM_FILE)):
         message = f'refused "{name}": files must be inside models/videocrafter or models/checkpoints'
-        assert checkpoint.VALIDATE_INPUTS(ckpt_name=name) == message
+        assert checkpoint.validate_inputs(ckpt_name=name) == message
         with pytest.raises(ValueError) as caught:
-            checkpoint.load(name, "auto")
+            checkpoint.execute(name, "auto")
         assert str(caught.value) == message
-        assert echoreel.VALIDATE_INPUTS(echoreel_name=name) == f'refused "{name}": files must be inside models/echoreel'
+        assert echoreel.validate_inputs(echoreel_name=name) == f'refused "{name}": files must be inside models/echoreel'
 
 
 def test_the_example_video_is_copied_whole_or_not_at_all(nodes, tmp_path, monkeypatch, caplog):
@@ -168,23 +224,44 @@ def test_the_example_video_is_copied_whole_or_not_at_all(nodes, tmp_path, monkey
 
     monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path))
     name = pathlib.Path(TOY_REFERENCE_FILE).name
-    video = type(nodes["EchoReel_LoadReferenceVideo"])
+    video = nodes["EchoReel_LoadReferenceVideo"]
     with file_size_limit(1024):
-        assert video.INPUT_TYPES()["required"]["video"][0] == []
+        assert video_options(video) == []
     assert f"cannot write {tmp_path / name}: File too large" in caplog.text and not any(tmp_path.iterdir())
-    assert video.INPUT_TYPES()["required"]["video"][0] == [name]
+    assert video_options(video) == [name]
     assert (tmp_path / name).read_bytes() == (SHIPPED_DIR / TOY_REFERENCE_FILE).read_bytes()
 
 
 def test_long_video_sampler_chains_clips(nodes):
-    model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].load(LVDM_FILE, "auto")
+    model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].execute(LVDM_FILE, "auto")
     positive, negative = encode(nodes, text_encoder, "a red circle"), encode(nodes, text_encoder, "")
     long_sampler = nodes["EchoReel_LongVideoSampler"]
     common = (positive, negative, vae, 32, 32, 4, 8, 3, 7.5, 1.0, 5)
-    images, latent = long_sampler.sample(model, *common, 3, 2, 4.0, 0.4, False)
+    images, latent, video = long_sampler.execute(model, *common, 3, 2, 4.0, 0.4, False)
     assert images.shape == (12, 32, 32, 3) and latent["samples"].shape == (12, 4, 16, 16)
-    dropped, _ = long_sampler.sample(model, *common, 3, 2, 4.0, 0.4, True)
+    components = video.get_components()  # the native VIDEO plays the same frames at the sampler's fps
+    assert torch.equal(components.images, images) and components.frame_rate == 8
+    dropped, _, _ = long_sampler.execute(model, *common, 3, 2, 4.0, 0.4, True)
     assert dropped.shape == (3 * 4 - 2 * 2, 32, 32, 3)
-    one_clip, _ = long_sampler.sample(model, *common, 1, 2, 4.0, 0.4, False)
-    single, _ = nodes["EchoReel_VideoCrafterSampler"].sample(model, *common)
+    one_clip, _, _ = long_sampler.execute(model, *common, 1, 2, 4.0, 0.4, False)
+    single, _, _ = nodes["EchoReel_VideoCrafterSampler"].execute(model, *common)
     assert torch.equal(one_clip, single)  # one clip is the ordinary sampler
+
+
+def test_reference_from_a_native_video(nodes):
+    """A VIDEO from core Load Video (a file) reads exactly as the file itself; one made in memory
+    (frames and a rate) gets the same official selection, the last frame repeated past the end."""
+    import folder_paths
+    from comfy_api.latest import InputImpl, Types
+
+    node = nodes["EchoReel_LoadReferenceVideo"]
+    settings = dict(frames=4, stride=4, start=0, width=32, height=32, resize="crop", video="broken.mp4")
+    path = str(pathlib.Path(folder_paths.get_input_directory()) / "reference.mp4")
+    from_file = node.execute(**settings, source_video=InputImpl.VideoFromFile(path))
+    expected = load_reference(nodes, "reference.mp4", 4, 4, 0, 32, 32, "crop")
+    assert torch.equal(from_file[0], expected[0]) and from_file[2] == expected[2]
+    frames = torch.rand(6, 32, 32, 3)
+    in_memory = InputImpl.VideoFromComponents(Types.VideoComponents(images=frames, audio=None, frame_rate=12))
+    pixels, count, fps = node.execute(**settings, source_video=in_memory)
+    assert count == 4 and fps == 12.0
+    assert torch.equal(pixels, frames[[0, 4, 5, 5]])  # 0, 4, then 8 and 12 are past the end
