@@ -265,3 +265,17 @@ def test_reference_from_a_native_video(nodes):
     pixels, count, fps = node.execute(**settings, source_video=in_memory)
     assert count == 4 and fps == 12.0
     assert torch.equal(pixels, frames[[0, 4, 5, 5]])  # 0, 4, then 8 and 12 are past the end
+
+
+def test_the_upload_button_lists_every_container_the_node_lists(nodes):
+    """web/js/reference_video_upload.js keeps its own copy of the extensions (the frontend has no
+    way to read them from the schema): it must equal the node's."""
+    import re
+
+    from comfyui_env import ROOT
+
+    from comfyui_echoreel_pack.nodes.video import VIDEO_EXTENSIONS
+
+    script = (ROOT / "web" / "js" / "reference_video_upload.js").read_text()
+    listed = re.search(r"const VIDEO_EXTENSIONS = \[(.*?)\];", script).group(1)
+    assert tuple(re.findall(r'"(\.\w+)"', listed)) == VIDEO_EXTENSIONS
