@@ -105,11 +105,14 @@ def estimate_sampling_memory(preset: ModelPreset, batch: int, frames: int, heigh
     return MemoryEstimate(unet_bytes, decode_bytes, latent_bytes + frame_bytes)
 
 
-def available_bytes(device: torch.device) -> int:
+def available_bytes(device: torch.device) -> int | None:
     """Free memory where the run will allocate: the CUDA device's free memory, else the RAM the OS
-    can still give (MemAvailable), falling back to physical memory where /proc is absent."""
+    can still give (MemAvailable), falling back to physical memory where /proc is absent; None
+    where neither can be read (Windows CPU, other accelerators): then nothing is refused."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -117,13 +120,16 @@ def available_bytes(device: torch.device) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return None
 
 
 def check_fits(estimate: MemoryEstimate, device: torch.device, what: str) -> None:
     """Refuse a run whose estimate exceeds the free memory of `device`, before any work."""
     limit = available_bytes(device)
-    if estimate.total > limit:
+    if limit is not None and estimate.total > limit:
         raise InsufficientMemoryError(
             f"{what} needs about {estimate.total / GiB:.1f} GiB ({estimate.unet_bytes / GiB:.1f} GiB for a UNet call, "
             f"{estimate.decode_bytes / GiB:.1f} GiB to decode, {estimate.output_bytes / GiB:.1f} GiB of outputs) beyond "
