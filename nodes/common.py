@@ -30,6 +30,14 @@ def schema(node_id: str, display_name: str, category: str, description: str, inp
                      inputs=inputs, outputs=outputs, **extra)
 
 
+def check_option(name: str, value: str, options: list[str]) -> str:
+    """A combo value at run time: ComfyUI 0.33 refuses an unknown option at validation, 0.3.75
+    checks only V1 (list-typed) combos, so the node says it itself there, naming the input."""
+    if value not in options:
+        raise ValueError(f"{name}: {value!r} is not one of {', '.join(map(repr, options))}")
+    return value
+
+
 def model_input(tooltip: str = "From Load VideoCrafter Checkpoint (or Apply EchoReel to Model).") -> io.Input:
     return VideoModelType.Input("model", tooltip=tooltip)
 

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..echoreel_core.echoreel.features import ActionFeatures, Reference, action_features, encode_reference
 from ..echoreel_core.video_io import frames_to_model_input
 from . import runtime
-from .common import ActionFeaturesType, VideoModelType, echoreel_input, model_input, schema, seed_input, vae_input
+from .common import ActionFeaturesType, VideoModelType, check_option, echoreel_input, model_input, schema, seed_input, vae_input
 from .loaders import core_vae
 from .types import AppliedEchoReel
 
@@ -66,7 +66,8 @@ class ActionPrismEncode(io.ComfyNode):
         autoencoder = core_vae(vae).to(device)
         generator = torch.Generator("cpu").manual_seed(seed)
         with torch.no_grad():
-            latents = encode_reference(autoencoder, frames_to_model_input(reference), generator, posterior != "mean")
+            latents = encode_reference(autoencoder, frames_to_model_input(reference), generator,
+                                       check_option("posterior", posterior, POSTERIOR) != "mean")
         caption = text_context(reference_caption, "reference_caption").to(device)
         features = action_features(
             weights, text_context(positive, "positive").to(device), text_context(negative, "negative").to(device),

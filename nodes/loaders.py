@@ -12,7 +12,7 @@ from ..echoreel_core.echoreel.weights import load_echoreel
 from ..echoreel_core.models.autoencoder import AutoencoderKL
 from ..echoreel_core.models.tokenizer import CLIPTokenizer
 from . import runtime
-from .common import EchoReelType, TextEncoderType, VideoModelType, schema
+from .common import EchoReelType, TextEncoderType, VideoModelType, check_option, schema
 from .types import TextEncoderModel, VideoCrafterModel
 
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
@@ -76,7 +76,7 @@ class LoadVideoCrafterCheckpoint(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name: str, dtype: str) -> io.NodeOutput:
         path = runtime.model_path("videocrafter", ckpt_name)
-        unet_dtype = runtime.weight_dtype(dtype, runtime.mm.get_torch_device())
+        unet_dtype = runtime.weight_dtype(check_option("dtype", dtype, DTYPES), runtime.mm.get_torch_device())
         model = load_video_model(path, dtype=torch.float32)
         model.unet.to(unet_dtype)
         image = None

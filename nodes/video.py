@@ -11,7 +11,7 @@ from comfy_api.latest import InputImpl, io
 
 from ..echoreel_core.video_io import read_video_frames, select_frames
 from . import runtime
-from .common import schema
+from .common import check_option, schema
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v")
 RESIZE_MODES = ["squash (official)", "crop"]
@@ -82,7 +82,7 @@ class LoadReferenceVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, frames, stride, start, width, height, resize, video, source_video=None) -> io.NodeOutput:
-        mode = "squash" if resize.startswith("squash") else "crop"
+        mode = "squash" if check_option("resize", resize, RESIZE_MODES).startswith("squash") else "crop"
         path = file_of(source_video) if source_video is not None else runtime.input_file(video)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

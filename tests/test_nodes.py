@@ -279,3 +279,56 @@ def test_the_upload_button_lists_every_container_the_node_lists(nodes):
     script = (ROOT / "web" / "js" / "reference_video_upload.js").read_text()
     listed = re.search(r"const VIDEO_EXTENSIONS = \[(.*?)\];", script).group(1)
     assert tuple(re.findall(r'"(\.\w+)"', listed)) == VIDEO_EXTENSIONS
+
+
+def validate(nodes, monkeypatch, prompt):
+    """ComfyUI's own validation of a prompt (execution.validate_prompt, as POST /prompt runs it):
+    {(node, input): details} of every error."""
+    import execution
+    import nodes as comfy_nodes
+
+    for node_id, cls in nodes.items():
+        monkeypatch.setitem(comfy_nodes.NODE_CLASS_MAPPINGS, node_id, cls)
+    valid, _, _, node_errors = asyncio.run(execution.validate_prompt("test", prompt, None))
+    errors = {(node, e["extra_info"]["input_name"]): f"{e['message']}: {e['details']}"
+              for node, v in node_errors.items() for e in v["errors"]}
+    assert valid == (not errors)
+    return errors
+
+
+def test_comfyui_refuses_bad_widget_values_naming_the_input(nodes, monkeypatch):
+    """Out-of-range numbers, unknown options and a missing file are refused before any node runs,
+    each error on its own input; the file check reports on the file input only. ComfyUI 0.3.75
+    checks the options of V1 (list) combos only, so there the node refuses an unknown option when
+    it runs, naming the input; 0.33 refuses it at validation."""
+    good_reference = {"frames": 4, "stride": 4, "start": 0, "width": 32, "height": 32, "resize": "crop",
+                      "video": "reference.mp4"}
+    prompt = {
+        "1": {"class_type": "EchoReel_LoadVideoCrafterCheckpoint", "inputs": {"ckpt_name": LVDM_FILE, "dtype": "fp64"}},
+        "2": {"class_type": "EchoReel_TextEncode", "inputs": {"text_encoder": ["1", 1], "text": "a dog"}},
+        "3": {"class_type": "EchoReel_VideoCrafterSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "vae": ["1", 2], "width": 32, "height": 32,
+            "frames": 0, "fps": 8, "steps": 2, "cfg": 7.5, "eta": 1.0, "seed": 0}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+        "5": {"class_type": "EchoReel_LoadReferenceVideo", "inputs": dict(good_reference, width=7, resize="stretch",
+                                                                          video="absent.mp4")},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }
+    errors = validate(nodes, monkeypatch, prompt)
+    combos = {("1", "dtype"), ("5", "resize")}
+    checks_v3_combos = bool(combos & set(errors))
+    assert set(errors) == {("3", "frames"), ("5", "width"), ("5", "video")} | (combos if checks_v3_combos else set())
+    assert "Value 0 smaller than min of 1" in errors[("3", "frames")]
+    assert "Value 7 smaller than min of 8" in errors[("5", "width")]
+    assert "absent.mp4: no such video in the input folder" in errors[("5", "video")]
+    if checks_v3_combos:
+        assert "fp64" in errors[("1", "dtype")] and "stretch" in errors[("5", "resize")]
+    with pytest.raises(ValueError, match=r"dtype: 'fp64' is not one of 'auto', 'fp32', 'fp16', 'bf16'"):
+        nodes["EchoReel_LoadVideoCrafterCheckpoint"].execute(LVDM_FILE, "fp64")
+    with pytest.raises(ValueError, match=r"resize: 'stretch' is not one of 'squash \(official\)', 'crop'"):
+        load_reference(nodes, "reference.mp4", 4, 4, 0, 32, 32, "stretch")
+    fixed = dict(prompt, **{"1": {"class_type": "EchoReel_LoadVideoCrafterCheckpoint",
+                                  "inputs": {"ckpt_name": LVDM_FILE, "dtype": "auto"}}})
+    fixed["3"] = {**prompt["3"], "inputs": {**prompt["3"]["inputs"], "frames": 4}}
+    fixed["5"] = {"class_type": "EchoReel_LoadReferenceVideo", "inputs": good_reference}
+    assert validate(nodes, monkeypatch, fixed) == {}
