@@ -17,7 +17,6 @@ import time
 
 import torch
 
-from echoreel_core.attention import use_attention_backend
 from echoreel_core.models.unet_lvdm import LVDMUNet
 from echoreel_core.models.unet_videocrafter import VideoCrafterUNet
 from echoreel_core.presets import PRESETS
@@ -87,8 +86,9 @@ def main() -> None:
             torch.randn(1, tokens, context_dim, device=device, dtype=dtype),
             torch.tensor([8], device=device),
         )
-        with use_attention_backend(naive_attention):
-            naive = time_forward(unet, inputs, args.repeats, device)
+        unet.set_attention(naive_attention)
+        naive = time_forward(unet, inputs, args.repeats, device)
+        unet.set_attention(None)  # back to the default, SDPA
         sdpa = time_forward(unet, inputs, args.repeats, device)
         print(f"| {name} | {naive * 1e3:.0f} | {sdpa * 1e3:.0f} | {naive / sdpa:.2f}x |", flush=True)
         del unet

@@ -1,10 +1,11 @@
 """The one attention entry point of the project.
 
-Every attention layer (UNet, Action Prism, Action Integration, encoders) calls `attention` on
-already-projected tensors laid out as (b, n, heads * d). The default backend is PyTorch SDPA;
-xformers is used only for CUDA tensors when it is installed, because on CPU it raises. A host
-application (the ComfyUI node layer) may install its own backend with `use_attention_backend`,
-which takes ComfyUI's `optimized_attention(q, k, v, heads)` signature as it is.
+Every softmax attention layer (UNet, Action Prism, autoencoder, encoders) calls an attention
+callable `(q, k, v, heads) -> out` on already-projected tensors laid out as (b, n, heads * d). Each
+model holds its own (its constructor's `attention=`, or `set_attention` later; models/ops.py); the
+default is `sdpa_attention`: PyTorch SDPA, with xformers only for CUDA tensors when it is installed
+(on CPU it raises). A host application (the ComfyUI node layer) passes ComfyUI's
+`optimized_attention`, whose `(q, k, v, heads)` signature is the same, to the models it builds.
 
 Relative-position attention (VideoCrafter1 temporal layers, LVDM, the Prism) needs the softmax
 weights themselves for its value term, which no fused kernel returns: `relative_attention` is the
@@ -13,8 +14,7 @@ explicit path for it.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,27 +42,6 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return out.transpose(1, 2).reshape(b, n_q, inner)
 
 
-_backend: AttentionFn = sdpa_attention
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head softmax attention through the active backend; (b, n, h*d) in and out."""
-    return _backend(q, k, v, heads)
-
-
-@contextlib.contextmanager
-def use_attention_backend(fn: AttentionFn | None) -> Iterator[None]:
-    """Route `attention` through `fn` inside the block (None keeps the current backend)."""
-    global _backend
-    previous = _backend
-    if fn is not None:
-        _backend = fn
-    try:
-        yield
-    finally:
-        _backend = previous
-
-
 def relative_position_index(query_positions: torch.Tensor, key_positions: torch.Tensor, max_distance: int) -> torch.Tensor:
     """Index into a (2*max_distance+1, d) table: clamp(j - i, -max, max) + max, shape (len_q, len_k)."""
     distance = key_positions[None, :] - query_positions[:, None]
@@ -84,7 +63,8 @@ def relative_attention(
     out_i        = sum_j softmax_ij * (v_j + Ev[p_j - i])
 
     The tables (2*max+1, d) are shared by all heads; distances beyond max are clamped. Key
-    positions p_j default to 0..n_k-1.
+    positions p_j default to 0..n_k-1. Tables stored elsewhere (another device, fp8) are cast to
+    q's device and dtype.
 
     q: (B, n_q, h*d); k, v: (B', n_k, h*d) with B a multiple of B': query row r uses the keys of
     sample r // (B / B'). Shared keys are broadcast by the matmul instead of being copied, which
@@ -100,8 +80,8 @@ def relative_attention(
     if key_positions is None:
         key_positions = torch.arange(n_k, device=q.device)
     index = relative_position_index(torch.arange(n_q, device=q.device), key_positions.to(q.device), max_distance)
-    rel_k = table_k[index].to(q.dtype)  # (n_q, n_k, d)
-    rel_v = table_v[index].to(q.dtype)
+    rel_k = table_k.to(q.device, q.dtype)[index]  # (n_q, n_k, d)
+    rel_v = table_v.to(q.device, q.dtype)[index]
     if rows > 1:
         # keys shared by many query rows (EchoReel's reference frames at every spatial position):
         # fold the position vectors into per-query-frame keys and values, a few thousand numbers,

@@ -27,6 +27,10 @@ hard-wired to None) exist only so that the official weights load; they are never
 
 Attaching sets a plain callable (not a module) on each block's `action_integration` slot and
 detaching puts None back, so the base UNet's parameters and state dict never change.
+
+The layers come from an operations namespace with a storage dtype and device (models/ops.py);
+the zero output projections are initialisation steps, which the core's default path runs
+(EchoReel(config) without a namespace).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import torch.nn as nn
 
 from ..attention import relative_attention
 from ..models.layers import Attention
+from ..models.ops import Factory, compute_dtype, zero_
 from ..models.unet_lvdm import BasicTransformerBlockST, LVDMUNet
 from ..models.unet_videocrafter import TemporalTransformer
 
@@ -84,17 +89,19 @@ def position_code(height: int, width: int, channels: int, device: torch.device =
 class ActionIntegration(nn.Module):
     """The EchoReel layers of one site, with the official attribute names."""
 
-    def __init__(self, site: Site, tout_dim: int, frames: int, latent_channels: int, query_positions: bool = False):
+    def __init__(self, site: Site, tout_dim: int, frames: int, latent_channels: int, query_positions: bool = False,
+                 factory: Factory | None = None):
         super().__init__()
+        f = factory or Factory()
         self.query_positions = query_positions
         c, heads = site.channels, site.heads
-        self.video_inject_attn3 = Attention(c, frames * latent_channels, heads, c // heads)  # dead (Sout)
-        self.video_inject_attn3_tmp = Attention(c, tout_dim, heads, c // heads, relative_distance=frames)
-        self.video_inject_norm6 = nn.LayerNorm(c)  # dead
-        self.video_inject_norm7 = nn.LayerNorm(c)
-        for out in (self.video_inject_attn3.to_out[0], self.video_inject_attn3_tmp.to_out[0]):
-            nn.init.zeros_(out.weight)
-            nn.init.zeros_(out.bias)
+        self.video_inject_attn3 = Attention(c, frames * latent_channels, heads, c // heads, factory=f)  # dead (Sout)
+        self.video_inject_attn3_tmp = Attention(c, tout_dim, heads, c // heads, relative_distance=frames, factory=f)
+        self.video_inject_norm6 = f.layer_norm(c)  # dead
+        self.video_inject_norm7 = f.layer_norm(c)
+        # the output projections start at zero: attached untrained, the model is exactly the base
+        f.init(zero_, self.video_inject_attn3.to_out[0])
+        f.init(zero_, self.video_inject_attn3_tmp.to_out[0])
 
     def project_reference(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference tokens (b, n_ref, tout_dim) -> their keys and values (b, n_ref, c): once per run."""
@@ -117,7 +124,7 @@ class ActionIntegration(nn.Module):
         q = attn.to_q(normed)
         out = relative_attention(
             q, keys, values, attn.heads,
-            attn.relative_position_k.embeddings_table, attn.relative_position_v.embeddings_table,
+            attn.relative_position_k.table_for(q), attn.relative_position_v.table_for(q),
             key_positions,
         )
         return attn.to_out(out)
@@ -133,8 +140,8 @@ class SiteHook:
         self.values: torch.Tensor | None = None
 
     def bind(self, tokens: torch.Tensor) -> None:
-        """Project once, in the layer's own dtype (EchoReel may be kept in another dtype than the UNet)."""
-        self.keys, self.values = self.layer.project_reference(tokens.to(self.layer.video_inject_norm7.weight.dtype))
+        """Project once, in the layer's compute dtype (EchoReel may be kept in another dtype than the UNet)."""
+        self.keys, self.values = self.layer.project_reference(tokens.to(compute_dtype(self.layer, tokens)))
 
     def __call__(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         state = self.attachment

@@ -10,7 +10,8 @@ Official details kept: the text is cat(prompt tokens, reference caption tokens) 
 `input_to_latent`; heads are 8 x 80 (the constructor's d_head=40 is dead code officially);
 `latent_to_T` is three Linear layers with no activation between them. The `Sout` head
 (`latent_to_S`) is kept so that the official weights load, but nothing uses its output, so it is
-never computed.
+never computed. Layers come from an operations namespace with a storage dtype and device, the
+spatial attentions use an attention callable (models/ops.py); the temporal ones stay explicit.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import torch.nn as nn
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+from ..attention import AttentionFn
 from ..models.layers import Attention, FeedForward
+from ..models.ops import CoreModel, Factory, compute_dtype
 
 
 @dataclass(frozen=True)
@@ -47,17 +50,18 @@ class ActionPrismConfig:
 class PrismLayer(nn.Module):
     """One `net.{i}`: four pre-LN attentions, each followed by a GEGLU FF."""
 
-    def __init__(self, cfg: ActionPrismConfig):
+    def __init__(self, cfg: ActionPrismConfig, factory: Factory | None = None):
         super().__init__()
+        f = factory or Factory()
         d, heads, head = cfg.latent_dim, cfg.heads, cfg.head_dim
-        self.attn1 = Attention(d, None, heads, head)
-        self.attn2 = Attention(d, cfg.latent_text_dim, heads, head)
-        self.attn1_tmp = Attention(d, None, heads, head, relative_distance=cfg.frames)
-        self.attn2_tmp = Attention(d, None, heads, head, relative_distance=cfg.frames)
+        self.attn1 = Attention(d, None, heads, head, factory=f)
+        self.attn2 = Attention(d, cfg.latent_text_dim, heads, head, factory=f)
+        self.attn1_tmp = Attention(d, None, heads, head, relative_distance=cfg.frames, factory=f)
+        self.attn2_tmp = Attention(d, None, heads, head, relative_distance=cfg.frames, factory=f)
         for i in range(1, 5):
-            setattr(self, f"ff{i}", FeedForward(d))
+            setattr(self, f"ff{i}", FeedForward(d, factory=f))
         for i in range(1, 9):
-            setattr(self, f"norm{i}", nn.LayerNorm(d))
+            setattr(self, f"norm{i}", f.layer_norm(d))
 
     def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         # x: (b, t, l, d) with l = h*w; text: ((b t), L, latent_text_dim)
@@ -77,23 +81,35 @@ class PrismLayer(nn.Module):
         return rearrange(x, "(b l) t d -> b t l d", b=b)
 
 
-def _output_head(cfg: ActionPrismConfig) -> nn.Sequential:
+def _output_head(cfg: ActionPrismConfig, f: Factory) -> nn.Sequential:
     """latent_dim -> 4*latent_dim -> 4*latent_dim -> channels, with no activation (as official)."""
     d = cfg.latent_dim
-    return nn.Sequential(nn.Linear(d, 4 * d), nn.Linear(4 * d, 4 * d), nn.Linear(4 * d, cfg.latent_channels))
+    return nn.Sequential(f.linear(d, 4 * d), f.linear(4 * d, 4 * d), f.linear(4 * d, cfg.latent_channels))
 
 
-class ActionPrism(nn.Module):
+class ActionPrism(CoreModel):
+    """operations, dtype, device, attention: as the UNets (models/ops.py); computes in
+    `compute_dtype(self, latents)`."""
+
     gradient_checkpointing = False  # training may set it: each layer is recomputed in backward
 
-    def __init__(self, config: ActionPrismConfig):
+    def __init__(self, config: ActionPrismConfig, dtype: torch.dtype | None = None, device=None, operations=None,
+                 attention: AttentionFn | None = None, factory: Factory | None = None):
+        """factory: build from (and record initialisation into) a containing model's factory instead."""
         super().__init__()
         self.config = cfg = config
-        self.input_to_latent = nn.Linear(cfg.text_dim, cfg.latent_text_dim)
-        self.video_to_latent = nn.Linear(cfg.latent_channels, cfg.latent_dim)
-        self.net = nn.ModuleList([PrismLayer(cfg) for _ in range(cfg.layers)])
-        self.latent_to_T = _output_head(cfg)
-        self.latent_to_S = _output_head(cfg)  # official Sout head: loaded, never computed
+        if factory is not None:
+            f, operations, first_step = factory, factory.operations, len(factory.steps)
+        else:
+            f = self._factory(operations, dtype, device, attention)
+        self.input_to_latent = f.linear(cfg.text_dim, cfg.latent_text_dim)
+        self.video_to_latent = f.linear(cfg.latent_channels, cfg.latent_dim)
+        self.net = nn.ModuleList([PrismLayer(cfg, f) for _ in range(cfg.layers)])
+        self.latent_to_T = _output_head(cfg, f)
+        self.latent_to_S = _output_head(cfg, f)  # official Sout head: loaded, never computed
+        if factory is not None:
+            self._init_steps = factory.steps[first_step:]  # its own steps; the container runs them all
+        self._finish(operations)
 
     def forward(self, text: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """text: (b, L, text_dim) = cat(prompt, reference caption); latents: clean (b, c, t, h, w).
@@ -108,7 +124,7 @@ class ActionPrism(nn.Module):
                 f"{cfg.latent_height}x{cfg.latent_width} (c x h x w), got {c}x{h}x{w}: resize the "
                 f"reference video to {cfg.latent_height * 8}x{cfg.latent_width * 8} pixels"
             )
-        dtype = self.video_to_latent.weight.dtype
+        dtype = compute_dtype(self, latents)
         text = self.input_to_latent(text.to(dtype)).repeat_interleave(t, dim=0)  # ((b t), L, d_text)
         x = self.video_to_latent(rearrange(latents.to(dtype), "b c t h w -> b t (h w) c"))  # (b, t, l, d)
         for layer in self.net:

@@ -20,9 +20,11 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from ..attention import AttentionFn
 from ..checkpoints import CheckpointError, check_finite, read_state_dict
 from ..detect import UNET, UnknownModelError, detect_preset
 from ..files import atomic_write
+from ..models.ops import CoreModel
 from ..models.unet_lvdm import LVDMUNet
 from ..models.unet_videocrafter import VideoCrafterUNet
 from ..presets import ModelPreset
@@ -74,18 +76,26 @@ class EchoReelConfig:
         return cls(preset.family, dataclasses.replace(prism, **prism_fields), integration_sites(unet))
 
 
-class EchoReel(nn.Module):
-    """The trainable EchoReel parameters of one base model."""
+class EchoReel(CoreModel):
+    """The trainable EchoReel parameters of one base model.
 
-    def __init__(self, config: EchoReelConfig):
+    dtype, device, operations, attention: as the UNets (models/ops.py). Built without an operations
+    namespace (the core's default) it is initialised, its integration layers' output projections at
+    zero, so that attached untrained it leaves the base model's output exactly as it was.
+    """
+
+    def __init__(self, config: EchoReelConfig, dtype: torch.dtype | None = None, device=None, operations=None,
+                 attention: AttentionFn | None = None):
         super().__init__()
         self.config = config
         p = config.prism
-        self.video_inject_process = ActionPrism(p)
+        f = self._factory(operations, dtype, device, attention)
+        self.video_inject_process = ActionPrism(p, factory=f)
         self.integration = nn.ModuleList(
-            [ActionIntegration(site, p.tout_dim, p.frames, p.latent_channels, config.query_positions)
+            [ActionIntegration(site, p.tout_dim, p.frames, p.latent_channels, config.query_positions, f)
              for site in config.sites]
         )
+        self._finish(operations)
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         state = {PRISM + k: v for k, v in self.video_inject_process.state_dict().items()}

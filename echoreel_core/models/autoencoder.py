@@ -11,7 +11,9 @@ are once the checkpoint prefix `first_stage_model.` is stripped:
     decoder.up.{i}.upsample.conv, decoder.norm_out, decoder.conv_out
 
 The full-size model has 248 keys and 83,653,863 parameters. Shapes in comments use
-(b, c, t, h, w) for videos and (n, c, h, w) for frames (n = b * t).
+(b, c, t, h, w) for videos and (n, c, h, w) for frames (n = b * t). Its layers come from an
+operations namespace with a storage dtype and device, its mid attention from an attention
+callable (models/ops.py); every block takes the `factory` that carries them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..attention import attention
+from ..attention import AttentionFn
+from .ops import CoreModel, Factory, compute_dtype, module_device
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,8 @@ def swish(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
 
-def norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+def norm(channels: int, groups: int, factory: Factory) -> nn.Module:
+    return factory.group_norm(groups, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
@@ -53,13 +56,14 @@ class ResnetBlock(nn.Module):
     The SD autoencoder has no timestep embedding and its dropout is 0, so neither appears here.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, groups: int):
+    def __init__(self, in_ch: int, out_ch: int, groups: int, factory: Factory | None = None):
         super().__init__()
-        self.norm1 = norm(in_ch, groups)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2 = norm(out_ch, groups)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
+        f = factory or Factory()
+        self.norm1 = norm(in_ch, groups, f)
+        self.conv1 = f.conv(2, in_ch, out_ch, 3, padding=1)
+        self.norm2 = norm(out_ch, groups, f)
+        self.conv2 = f.conv(2, out_ch, out_ch, 3, padding=1)
+        self.nin_shortcut = f.conv(2, in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (n, in_ch, h, w) -> (n, out_ch, h, w)
         h = self.conv1(swish(self.norm1(x)))
@@ -77,20 +81,22 @@ class AttnBlock(nn.Module):
     is the same math and avoids materialising the (h*w, h*w) matrix where a fused kernel exists.
     """
 
-    def __init__(self, ch: int, groups: int):
+    def __init__(self, ch: int, groups: int, factory: Factory | None = None):
         super().__init__()
-        self.norm = norm(ch, groups)
-        self.q = nn.Conv2d(ch, ch, 1)
-        self.k = nn.Conv2d(ch, ch, 1)
-        self.v = nn.Conv2d(ch, ch, 1)
-        self.proj_out = nn.Conv2d(ch, ch, 1)
+        f = factory or Factory()
+        self.attention_fn = f.attention
+        self.norm = norm(ch, groups, f)
+        self.q = f.conv(2, ch, ch, 1)
+        self.k = f.conv(2, ch, ch, 1)
+        self.v = f.conv(2, ch, ch, 1)
+        self.proj_out = f.conv(2, ch, ch, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (n, c, h, w) -> (n, c, h, w)
         n, c, h, w = x.shape
         x_ = self.norm(x)
         # (n, c, h, w) -> (n, h*w, c): one head whose width is all c channels
         q, k, v = (rearrange(f(x_), "n c h w -> n (h w) c") for f in (self.q, self.k, self.v))
-        out = rearrange(attention(q, k, v, 1), "n (h w) c -> n c h w", h=h, w=w)
+        out = rearrange(self.attention_fn(q, k, v, 1), "n (h w) c -> n c h w", h=h, w=w)
         return x + self.proj_out(out)
 
 
@@ -98,9 +104,9 @@ class Downsample(nn.Module):
     """Stride-2 3x3 conv after a (0, 1, 0, 1) zero pad: SD pads right/bottom only, so the
     weights expect that asymmetric alignment (a symmetric padding=1 would shift the grid)."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, factory: Factory | None = None):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0)
+        self.conv = (factory or Factory()).conv(2, ch, ch, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (n, c, h, w) -> (n, c, h/2, w/2)
         return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0.0))
@@ -109,9 +115,9 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Nearest-neighbour x2, then a 3x3 conv."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, factory: Factory | None = None):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv = (factory or Factory()).conv(2, ch, ch, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (n, c, h, w) -> (n, c, 2h, 2w)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -120,11 +126,11 @@ class Upsample(nn.Module):
 class Mid(nn.Module):
     """resnet -> attention -> resnet at the lowest resolution (the only attention in the AE)."""
 
-    def __init__(self, ch: int, groups: int):
+    def __init__(self, ch: int, groups: int, factory: Factory | None = None):
         super().__init__()
-        self.block_1 = ResnetBlock(ch, ch, groups)
-        self.attn_1 = AttnBlock(ch, groups)
-        self.block_2 = ResnetBlock(ch, ch, groups)
+        self.block_1 = ResnetBlock(ch, ch, groups, factory)
+        self.attn_1 = AttnBlock(ch, groups, factory)
+        self.block_2 = ResnetBlock(ch, ch, groups, factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -136,28 +142,29 @@ class Level(nn.Module):
     The resampler attribute is `downsample` in the encoder and `upsample` in the decoder, which
     is what gives the official key names."""
 
-    def __init__(self, in_ch: int, out_ch: int, n_blocks: int, groups: int):
+    def __init__(self, in_ch: int, out_ch: int, n_blocks: int, groups: int, factory: Factory | None = None):
         super().__init__()
         chans = [in_ch] + [out_ch] * n_blocks
-        self.block = nn.ModuleList(ResnetBlock(a, b, groups) for a, b in zip(chans, chans[1:]))
+        self.block = nn.ModuleList(ResnetBlock(a, b, groups, factory) for a, b in zip(chans, chans[1:]))
 
 
 class Encoder(nn.Module):
     """(n, in_channels, H, W) -> (n, 2 * z_channels, H/f, W/f): mean and logvar stacked."""
 
-    def __init__(self, cfg: AutoencoderConfig):
+    def __init__(self, cfg: AutoencoderConfig, factory: Factory | None = None):
         super().__init__()
+        f = factory or Factory()
         chans = [cfg.ch * m for m in (1,) + tuple(cfg.ch_mult)]  # input channels of each level
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        self.conv_in = f.conv(2, cfg.in_channels, cfg.ch, 3, padding=1)
         self.down = nn.ModuleList()
         for i in range(len(cfg.ch_mult)):
-            level = Level(chans[i], chans[i + 1], cfg.num_res_blocks, cfg.groups)
+            level = Level(chans[i], chans[i + 1], cfg.num_res_blocks, cfg.groups, f)
             if i != len(cfg.ch_mult) - 1:  # no halving after the last level
-                level.downsample = Downsample(chans[i + 1])
+                level.downsample = Downsample(chans[i + 1], f)
             self.down.append(level)
-        self.mid = Mid(chans[-1], cfg.groups)
-        self.norm_out = norm(chans[-1], cfg.groups)
-        self.conv_out = nn.Conv2d(chans[-1], 2 * cfg.z_channels, 3, padding=1)  # double_z
+        self.mid = Mid(chans[-1], cfg.groups, f)
+        self.norm_out = norm(chans[-1], cfg.groups, f)
+        self.conv_out = f.conv(2, chans[-1], 2 * cfg.z_channels, 3, padding=1)  # double_z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -177,24 +184,25 @@ class Decoder(nn.Module):
     channels) although it runs from the last index to the first; SD builds it reversed and
     prepends, and the checkpoint keys follow that order."""
 
-    def __init__(self, cfg: AutoencoderConfig):
+    def __init__(self, cfg: AutoencoderConfig, factory: Factory | None = None):
         super().__init__()
+        f = factory or Factory()
         n_levels = len(cfg.ch_mult)
         ch_top = cfg.ch * cfg.ch_mult[-1]
-        self.conv_in = nn.Conv2d(cfg.z_channels, ch_top, 3, padding=1)
-        self.mid = Mid(ch_top, cfg.groups)
+        self.conv_in = f.conv(2, cfg.z_channels, ch_top, 3, padding=1)
+        self.mid = Mid(ch_top, cfg.groups, f)
         levels = []
         in_ch = ch_top
         for i in reversed(range(n_levels)):
             out_ch = cfg.ch * cfg.ch_mult[i]
-            level = Level(in_ch, out_ch, cfg.num_res_blocks + 1, cfg.groups)
+            level = Level(in_ch, out_ch, cfg.num_res_blocks + 1, cfg.groups, f)
             if i != 0:  # no doubling after the highest-resolution level
-                level.upsample = Upsample(out_ch)
+                level.upsample = Upsample(out_ch, f)
             levels.insert(0, level)
             in_ch = out_ch
         self.up = nn.ModuleList(levels)
-        self.norm_out = norm(in_ch, cfg.groups)
-        self.conv_out = nn.Conv2d(in_ch, cfg.out_ch, 3, padding=1)
+        self.norm_out = norm(in_ch, cfg.groups, f)
+        self.conv_out = f.conv(2, in_ch, cfg.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
@@ -206,29 +214,32 @@ class Decoder(nn.Module):
         return self.conv_out(swish(self.norm_out(h)))
 
 
-class AutoencoderKL(nn.Module):
+class AutoencoderKL(CoreModel):
     """The KL autoencoder plus the per-frame video wrappers VideoCrafter uses.
 
     Frame methods speak UNSCALED latents (what the decoder consumes); video methods speak SCALED
     latents (scale_factor * z, what the diffusion model consumes). Inputs are moved to the
-    weights' device and dtype, so a video may stay on the CPU while chunks run on the GPU.
+    weights' device and the compute dtype (ops.compute_dtype), so a video may stay on the CPU while
+    chunks run on the GPU. operations, dtype, device, attention: as the UNets (models/ops.py).
     """
 
-    def __init__(self, config: AutoencoderConfig):
+    def __init__(self, config: AutoencoderConfig, dtype: torch.dtype | None = None, device=None,
+                 operations=None, attention: AttentionFn | None = None):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
-        self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        f = self._factory(operations, dtype, device, attention)
+        self.encoder = Encoder(config, f)
+        self.decoder = Decoder(config, f)
+        self.quant_conv = f.conv(2, 2 * config.z_channels, 2 * config.embed_dim, 1)
+        self.post_quant_conv = f.conv(2, config.embed_dim, config.z_channels, 1)
+        self._finish(operations)
 
     @property
     def downscale_factor(self) -> int:
         return 2 ** (len(self.config.ch_mult) - 1)
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.quant_conv.weight
-        return x.to(device=w.device, dtype=w.dtype)
+        return x.to(device=module_device(self), dtype=compute_dtype(self, x))
 
     def encode_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, 3, H, W) in [-1, 1] -> (mean, logvar), each (n, embed_dim, H/f, W/f).

@@ -6,7 +6,9 @@
 - `Resampler`: the IP-Adapter-Plus style perceiver (`image_proj_model`) that turns those 257
   tokens into 16 context tokens for the UNet's image cross-attention.
 
-Parameter names equal the official state dicts once their checkpoint prefix is stripped.
+Parameter names equal the official state dicts once their checkpoint prefix is stripped. Layers
+come from an operations namespace with a storage dtype and device (models/ops.py); raw parameters
+live in leaf modules and keep their official keys.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..attention import AttentionFn
+from .ops import CoreModel, Factory, alias, compute_dtype, module_device, randn_, rename_state_keys
 from .text_encoders import Transformer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -96,25 +100,39 @@ class OpenCLIPVisionConfig:
         return (self.image_size // self.patch_size) ** 2 + 1
 
 
-class OpenCLIPVisionEncoder(nn.Module):
+class OpenCLIPVisionEncoder(CoreModel):
     """FrozenOpenCLIPImageEmbedderV2: image (b, 3, S, S), CLIP-normalised -> (b, 1 + (S/p)^2, width).
 
     The I2V models feed the Resampler every token of the last block, before ln_post: that is
     what forward returns. `ln_post` and `proj` are kept only so `embedder.model.visual.*` keys
-    load with strict=True.
+    load with strict=True. `class_embedding`, `positional_embedding` and `proj` are raw parameters
+    of a leaf (`raw`), saved and loaded under those official keys. operations, dtype, device,
+    attention: as the UNets (models/ops.py).
     """
 
-    def __init__(self, config: OpenCLIPVisionConfig = OpenCLIPVisionConfig()):
+    RAW = ("class_embedding", "positional_embedding", "proj")
+    class_embedding = alias("raw.class_embedding")
+    positional_embedding = alias("raw.positional_embedding")
+    proj = alias("raw.proj")
+
+    def __init__(self, config: OpenCLIPVisionConfig = OpenCLIPVisionConfig(), dtype: torch.dtype | None = None,
+                 device=None, operations=None, attention: AttentionFn | None = None):
         super().__init__()
         self.config = c = config
+        f = self._factory(operations, dtype, device, attention)
         scale = c.width**-0.5
-        self.conv1 = nn.Conv2d(3, c.width, kernel_size=c.patch_size, stride=c.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(torch.randn(c.width) * scale)
-        self.positional_embedding = nn.Parameter(torch.randn(c.num_tokens, c.width) * scale)
-        self.ln_pre = nn.LayerNorm(c.width, eps=1e-5)
-        self.transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, causal=False)
-        self.ln_post = nn.LayerNorm(c.width, eps=1e-5)
-        self.proj = nn.Parameter(torch.randn(c.width, c.output_dim) * scale)
+        # first, so that their keys come first, as in the official state dict
+        self.raw = f.parameters(class_embedding=(c.width,), positional_embedding=(c.num_tokens, c.width),
+                                proj=(c.width, c.output_dim))
+        rename_state_keys(self, {f"raw.{name}": name for name in self.RAW})
+        self.conv1 = f.conv(2, 3, c.width, c.patch_size, stride=c.patch_size, bias=False)
+        f.init(randn_, self.raw, "class_embedding", scale)
+        f.init(randn_, self.raw, "positional_embedding", scale)
+        self.ln_pre = f.layer_norm(c.width, eps=1e-5)
+        self.transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, causal=False, factory=f)
+        self.ln_post = f.layer_norm(c.width, eps=1e-5)
+        f.init(randn_, self.raw, "proj", scale)
+        self._finish(operations)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """(b, 3, H, W) in [-1, 1] -> (b, 3, S, S) CLIP-normalised, as VideoCrafter prepares it."""
@@ -130,15 +148,15 @@ class OpenCLIPVisionEncoder(nn.Module):
         """image (b, 3, S, S), already preprocessed -> (b, n_tokens, width), CLS first."""
         x = self.conv1(image)  # (b, c, g, g)
         x = x.flatten(2).transpose(1, 2)  # (b, g*g, c)
-        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (b, 1, c)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (b, n, c)
+        cls = self.raw.cast("class_embedding", x).expand(x.shape[0], 1, -1)  # (b, 1, c)
+        x = torch.cat([cls, x], dim=1) + self.raw.cast("positional_embedding", x)  # (b, n, c)
         return self.transformer(self.ln_pre(x))
 
     @torch.no_grad()
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """image (b, 3, H, W) in [-1, 1], any size -> (b, n_tokens, width) in this module's dtype."""
-        weight = self.conv1.weight
-        return self(self.preprocess(image.to(weight.device, torch.float32)).to(weight.dtype))
+        """image (b, 3, H, W) in [-1, 1], any size -> (b, n_tokens, width) in this module's compute dtype."""
+        pixels = self.preprocess(image.to(module_device(self), torch.float32))
+        return self(pixels.to(compute_dtype(self, pixels)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,16 +186,17 @@ class PerceiverAttention(nn.Module):
     match it. With 16 queries the explicit product is cheap.
     """
 
-    def __init__(self, dim: int, dim_head: int, heads: int):
+    def __init__(self, dim: int, dim_head: int, heads: int, factory: Factory | None = None):
         super().__init__()
+        f = factory or Factory()
         self.heads = heads
         self.dim_head = dim_head
         inner = dim_head * heads
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.norm1 = f.layer_norm(dim)
+        self.norm2 = f.layer_norm(dim)
+        self.to_q = f.linear(dim, inner, bias=False)
+        self.to_kv = f.linear(dim, 2 * inner, bias=False)
+        self.to_out = f.linear(inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """x (b, n, dim) image features, latents (b, m, dim) -> update for latents (b, m, dim)."""
@@ -194,34 +213,48 @@ class PerceiverAttention(nn.Module):
         return self.to_out(out)
 
 
-def feed_forward(dim: int, mult: int) -> nn.Sequential:
+def feed_forward(dim: int, mult: int, factory: Factory | None = None) -> nn.Sequential:
     """LN -> Linear up -> GELU -> Linear down, no biases; indices 0, 1, 3 are the checkpoint's."""
+    f = factory or Factory()
     return nn.Sequential(
-        nn.LayerNorm(dim),
-        nn.Linear(dim, dim * mult, bias=False),
+        f.layer_norm(dim),
+        f.linear(dim, dim * mult, bias=False),
         nn.GELU(),
-        nn.Linear(dim * mult, dim, bias=False),
+        f.linear(dim * mult, dim, bias=False),
     )
 
 
-class Resampler(nn.Module):
-    """Perceiver resampler: image tokens (b, n, embedding_dim) -> (b, num_queries, output_dim)."""
+class Resampler(CoreModel):
+    """Perceiver resampler: image tokens (b, n, embedding_dim) -> (b, num_queries, output_dim).
 
-    def __init__(self, config: ResamplerConfig = ResamplerConfig()):
+    `latents` is a raw parameter of a leaf (`raw`), saved and loaded under its official key.
+    operations, dtype, device: as the UNets (models/ops.py); its attention stays explicit (float32
+    softmax, as the reference). Computes in `compute_dtype(self, tokens)`.
+    """
+
+    latents = alias("raw.latents")
+
+    def __init__(self, config: ResamplerConfig = ResamplerConfig(), dtype: torch.dtype | None = None, device=None,
+                 operations=None, attention: AttentionFn | None = None):
         super().__init__()
         self.config = c = config
-        self.latents = nn.Parameter(torch.randn(1, c.num_queries, c.dim) * c.dim**-0.5)
-        self.proj_in = nn.Linear(c.embedding_dim, c.dim)
-        self.proj_out = nn.Linear(c.dim, c.output_dim)
-        self.norm_out = nn.LayerNorm(c.output_dim)
+        f = self._factory(operations, dtype, device, attention)
+        self.raw = f.parameters(latents=(1, c.num_queries, c.dim))  # first: its key comes first, as official
+        rename_state_keys(self, {"raw.latents": "latents"})
+        f.init(randn_, self.raw, "latents", c.dim**-0.5)
+        self.proj_in = f.linear(c.embedding_dim, c.dim)
+        self.proj_out = f.linear(c.dim, c.output_dim)
+        self.norm_out = f.layer_norm(c.output_dim)
         self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(c.dim, c.dim_head, c.heads), feed_forward(c.dim, c.ff_mult)])
+            nn.ModuleList([PerceiverAttention(c.dim, c.dim_head, c.heads, f), feed_forward(c.dim, c.ff_mult, f)])
             for _ in range(c.depth)
         )
+        self._finish(operations)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (b, n, embedding_dim) -> (b, num_queries, output_dim)."""
-        latents = self.latents.expand(tokens.shape[0], -1, -1)  # (b, m, dim)
+        tokens = tokens.to(compute_dtype(self, tokens))
+        latents = self.raw.cast("latents", tokens).expand(tokens.shape[0], -1, -1)  # (b, m, dim)
         x = self.proj_in(tokens)  # (b, n, dim)
         for attn, ff in self.layers:
             latents = latents + attn(x, latents)

@@ -1,7 +1,11 @@
 """Building blocks shared by the VideoCrafter and LVDM UNets (and the Action Prism).
 
 Attribute names are the official ones (`to_out.0`, `ff.net.0.proj`, `relative_position_k`,
-`in_layers`, `temopral_conv` ...) because the official checkpoints load by them.
+`in_layers`, `temopral_conv` ...) because the official checkpoints load by them. Every block takes
+`factory` (models/ops.py: operations namespace, storage dtype and device, attention callable),
+which its model passes down; built alone it uses torch.nn and SDPA. Blocks never touch a weight in
+their constructor: they record the initialisation that differs from their layers' defaults
+(`factory.init`), which the model's `initialize_weights()` runs.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..attention import attention, relative_attention
+from ..attention import relative_attention
+from .ops import Factory, cast_to, xavier_uniform_, zero_
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
@@ -27,20 +32,12 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 1000
     return embedding
 
 
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back, as VideoCrafter's ResBlock and output norms do;
-    the affine parameters are cast too, so half-precision weights work on every device."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).type(x.dtype)
-
-
 class GEGLU(nn.Module):
     """Linear to 2*inner, then value * gelu(gate) with the value in the first half (exact erf GELU)."""
 
-    def __init__(self, dim_in: int, dim_out: int):
+    def __init__(self, dim_in: int, dim_out: int, factory: Factory | None = None):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = (factory or Factory()).linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)
@@ -50,21 +47,29 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     """GEGLU feed-forward with 4x inner width; keys `net.0.proj` and `net.2`."""
 
-    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0, factory: Factory | None = None):
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(dropout), nn.Linear(dim * mult, dim))
+        factory = factory or Factory()
+        self.net = nn.Sequential(GEGLU(dim, dim * mult, factory), nn.Dropout(dropout), factory.linear(dim * mult, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
 class RelativePosition(nn.Module):
-    """Learned table of (2*max_distance+1, d) relative-position vectors, shared by all heads."""
+    """Learned table of (2*max_distance+1, d) relative-position vectors, shared by all heads: a leaf
+    of one raw parameter, cast to the activation where it is used (`table_for`)."""
 
-    def __init__(self, num_units: int, max_distance: int):
+    def __init__(self, num_units: int, max_distance: int, factory: Factory | None = None):
         super().__init__()
-        self.embeddings_table = nn.Parameter(torch.empty(2 * max_distance + 1, num_units))
-        nn.init.xavier_uniform_(self.embeddings_table)
+        factory = factory or Factory()
+        self.embeddings_table = nn.Parameter(
+            torch.empty(2 * max_distance + 1, num_units, dtype=factory.dtype, device=factory.device)
+        )
+        factory.init(xavier_uniform_, self, "embeddings_table")
+
+    def table_for(self, x: torch.Tensor) -> torch.Tensor:
+        return cast_to(self.embeddings_table, x)
 
 
 class Attention(nn.Module):
@@ -86,24 +91,27 @@ class Attention(nn.Module):
         relative_distance: int | None = None,
         image_tokens: bool = False,
         text_context_len: int = 77,
+        factory: Factory | None = None,
     ):
         super().__init__()
+        factory = factory or Factory()
         inner = heads * dim_head
         context_dim = context_dim or query_dim
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim, inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
+        self.attention_fn = factory.attention
+        self.to_q = factory.linear(query_dim, inner, bias=False)
+        self.to_k = factory.linear(context_dim, inner, bias=False)
+        self.to_v = factory.linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(factory.linear(inner, query_dim), nn.Dropout(0.0))
         self.image_tokens = image_tokens
         self.text_context_len = text_context_len
         if image_tokens:
-            self.to_k_ip = nn.Linear(context_dim, inner, bias=False)
-            self.to_v_ip = nn.Linear(context_dim, inner, bias=False)
+            self.to_k_ip = factory.linear(context_dim, inner, bias=False)
+            self.to_v_ip = factory.linear(context_dim, inner, bias=False)
         self.relative = relative_distance is not None
         if self.relative:
-            self.relative_position_k = RelativePosition(dim_head, relative_distance)
-            self.relative_position_v = RelativePosition(dim_head, relative_distance)
+            self.relative_position_k = RelativePosition(dim_head, relative_distance, factory)
+            self.relative_position_v = RelativePosition(dim_head, relative_distance, factory)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         # x: (b, n, c); context: (b, m, c_ctx) or None for self-attention
@@ -111,27 +119,29 @@ class Attention(nn.Module):
         q = self.to_q(x)
         if self.image_tokens:
             text, image = context[:, : self.text_context_len], context[:, self.text_context_len :]
-            out = attention(q, self.to_k(text), self.to_v(text), self.heads)
-            out = out + attention(q, self.to_k_ip(image), self.to_v_ip(image), self.heads)
-        elif self.relative:
+            out = self.attention_fn(q, self.to_k(text), self.to_v(text), self.heads)
+            out = out + self.attention_fn(q, self.to_k_ip(image), self.to_v_ip(image), self.heads)
+        elif self.relative:  # explicit: the value term needs the softmax weights
             out = relative_attention(
                 q,
                 self.to_k(context),
                 self.to_v(context),
                 self.heads,
-                self.relative_position_k.embeddings_table,
-                self.relative_position_v.embeddings_table,
+                self.relative_position_k.table_for(q),
+                self.relative_position_v.table_for(q),
             )
         else:
-            out = attention(q, self.to_k(context), self.to_v(context), self.heads)
+            out = self.attention_fn(q, self.to_k(context), self.to_v(context), self.heads)
         return self.to_out(out)
 
 
-def conv(dims: int, cin: int, cout: int, kernel: int = 3, stride: int = 1, padding: int = 1) -> nn.Module:
+def conv(dims: int, cin: int, cout: int, kernel: int = 3, stride: int = 1, padding: int = 1,
+         factory: Factory | None = None) -> nn.Module:
     """A spatial convolution: Conv2d on frames (VideoCrafter), or Conv3d with a (1, k, k) kernel (LVDM)."""
+    factory = factory or Factory()
     if dims == 2:
-        return nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding)
-    return nn.Conv3d(cin, cout, (1, kernel, kernel), stride=(1, stride, stride), padding=(0, padding, padding))
+        return factory.conv(2, cin, cout, kernel, stride=stride, padding=padding)
+    return factory.conv(3, cin, cout, (1, kernel, kernel), stride=(1, stride, stride), padding=(0, padding, padding))
 
 
 class TemporalConvBlock(nn.Module):
@@ -140,22 +150,22 @@ class TemporalConvBlock(nn.Module):
     Its GroupNorms are plain (no float32 cast, eps 1e-5), as official; the last conv starts at zero.
     """
 
-    def __init__(self, channels: int, groups: int = 32, dropout: float = 0.1):
+    def __init__(self, channels: int, groups: int = 32, dropout: float = 0.1, factory: Factory | None = None):
         super().__init__()
+        factory = factory or Factory()
 
         def stage(with_dropout: bool) -> nn.Sequential:
-            layers = [nn.GroupNorm(groups, channels), nn.SiLU()]
+            layers = [factory.group_norm(groups, channels), nn.SiLU()]
             if with_dropout:
                 layers.append(nn.Dropout(dropout))
-            layers.append(nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0)))
+            layers.append(factory.conv(3, channels, channels, (3, 1, 1), padding=(1, 0, 0)))
             return nn.Sequential(*layers)
 
         self.conv1 = stage(False)
         self.conv2 = stage(True)
         self.conv3 = stage(True)
         self.conv4 = stage(True)
-        nn.init.zeros_(self.conv4[-1].weight)
-        nn.init.zeros_(self.conv4[-1].bias)
+        factory.init(zero_, self.conv4[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (b, c, t, h, w)
@@ -178,16 +188,19 @@ class ResBlock(nn.Module):
         dims: int = 2,
         groups: int = 32,
         temporal_conv: bool = False,
+        factory: Factory | None = None,
     ):
         super().__init__()
-        self.in_layers = nn.Sequential(GroupNorm32(groups, cin), nn.SiLU(), conv(dims, cin, cout))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, cout))
-        self.out_layers = nn.Sequential(GroupNorm32(groups, cout), nn.SiLU(), nn.Dropout(0.0), conv(dims, cout, cout))
-        nn.init.zeros_(self.out_layers[-1].weight)
-        nn.init.zeros_(self.out_layers[-1].bias)
-        self.skip_connection = nn.Identity() if cin == cout else conv(dims, cin, cout, kernel=1, padding=0)
+        f = factory or Factory()
+        self.in_layers = nn.Sequential(f.group_norm(groups, cin, float32=True), nn.SiLU(),
+                                       conv(dims, cin, cout, factory=f))
+        self.emb_layers = nn.Sequential(nn.SiLU(), f.linear(emb_dim, cout))
+        self.out_layers = nn.Sequential(f.group_norm(groups, cout, float32=True), nn.SiLU(), nn.Dropout(0.0),
+                                        conv(dims, cout, cout, factory=f))
+        f.init(zero_, self.out_layers[-1])
+        self.skip_connection = nn.Identity() if cin == cout else conv(dims, cin, cout, kernel=1, padding=0, factory=f)
         if temporal_conv:
-            self.temopral_conv = TemporalConvBlock(cout, groups)  # sic: the official key spelling
+            self.temopral_conv = TemporalConvBlock(cout, groups, factory=f)  # sic: the official key spelling
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, batch_size: int) -> torch.Tensor:
         h = self.in_layers(x)
@@ -203,9 +216,9 @@ class ResBlock(nn.Module):
 class Downsample(nn.Module):
     """Stride-2 3x3 convolution (spatial only)."""
 
-    def __init__(self, channels: int, dims: int = 2):
+    def __init__(self, channels: int, dims: int = 2, factory: Factory | None = None):
         super().__init__()
-        self.op = conv(dims, channels, channels, stride=2)
+        self.op = conv(dims, channels, channels, stride=2, factory=factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -214,10 +227,10 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Nearest x2 (spatial only), then a 3x3 convolution."""
 
-    def __init__(self, channels: int, dims: int = 2):
+    def __init__(self, channels: int, dims: int = 2, factory: Factory | None = None):
         super().__init__()
         self.dims = dims
-        self.conv = conv(dims, channels, channels)
+        self.conv = conv(dims, channels, channels, factory=factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dims == 3:  # (b, c, t, h, w): keep t

@@ -4,7 +4,8 @@ It differs from VideoCrafter in layout, not in ideas: everything stays (b, c, t,
 spatial convolutions are Conv3d with (1, 3, 3) kernels; each attention site is one fused
 SpatialTemporalTransformer whose block runs spatial self-attention, temporal self-attention,
 spatial cross-attention to CLIP ViT-L text and a second temporal self-attention before the FF;
-heads are 8 everywhere (d_head = c / 8); no fps, no init_attn, no temporal convolution.
+heads are 8 everywhere (d_head = c / 8); no fps, no init_attn, no temporal convolution. Like the
+VideoCrafter UNet it takes an operations namespace, dtype, device and attention (models/ops.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch.nn as nn
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from .layers import Attention, Downsample, FeedForward, GroupNorm32, ResBlock, Upsample, conv, timestep_embedding
+from ..attention import AttentionFn
+from .layers import Attention, Downsample, FeedForward, ResBlock, Upsample, conv, timestep_embedding
+from .ops import CoreModel, Factory, compute_dtype, zero_
 
 
 @dataclass(frozen=True)
@@ -40,19 +43,20 @@ class BasicTransformerBlockST(nn.Module):
     FF on ((b h w), t, c) tokens, exactly where the official EchoReel code injects.
     """
 
-    def __init__(self, dim: int, heads: int, context_dim: int, temporal_length: int):
+    def __init__(self, dim: int, heads: int, context_dim: int, temporal_length: int, factory: Factory | None = None):
         super().__init__()
+        f = factory or Factory()
         dim_head = dim // heads
-        self.attn1 = Attention(dim, None, heads, dim_head)
-        self.attn2 = Attention(dim, context_dim, heads, dim_head)
-        self.attn1_tmp = Attention(dim, None, heads, dim_head, relative_distance=temporal_length)
-        self.attn2_tmp = Attention(dim, None, heads, dim_head, relative_distance=temporal_length)
-        self.ff = FeedForward(dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
-        self.norm4 = nn.LayerNorm(dim)
-        self.norm5 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, None, heads, dim_head, factory=f)
+        self.attn2 = Attention(dim, context_dim, heads, dim_head, factory=f)
+        self.attn1_tmp = Attention(dim, None, heads, dim_head, relative_distance=temporal_length, factory=f)
+        self.attn2_tmp = Attention(dim, None, heads, dim_head, relative_distance=temporal_length, factory=f)
+        self.ff = FeedForward(dim, factory=f)
+        self.norm1 = f.layer_norm(dim)
+        self.norm2 = f.layer_norm(dim)
+        self.norm3 = f.layer_norm(dim)
+        self.norm4 = f.layer_norm(dim)
+        self.norm5 = f.layer_norm(dim)
         self.action_integration = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -75,16 +79,17 @@ class BasicTransformerBlockST(nn.Module):
 class SpatialTemporalTransformer(nn.Module):
     """GroupNorm, 1x1x1 Conv3d in, the fused block, 1x1x1 Conv3d out (zero-init), residual."""
 
-    def __init__(self, channels: int, heads: int, context_dim: int, temporal_length: int, groups: int):
+    def __init__(self, channels: int, heads: int, context_dim: int, temporal_length: int, groups: int,
+                 factory: Factory | None = None):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.proj_in = nn.Conv3d(channels, channels, 1)
+        f = factory or Factory()
+        self.norm = f.group_norm(groups, channels, eps=1e-6)
+        self.proj_in = f.conv(3, channels, channels, 1)
         self.transformer_blocks = nn.ModuleList(
-            [BasicTransformerBlockST(channels, heads, context_dim, temporal_length)]
+            [BasicTransformerBlockST(channels, heads, context_dim, temporal_length, f)]
         )
-        self.proj_out = nn.Conv3d(channels, channels, 1)
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
+        self.proj_out = f.conv(3, channels, channels, 1)
+        f.init(zero_, self.proj_out)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         h = self.proj_in(self.norm(x))
@@ -117,24 +122,30 @@ class Block(nn.ModuleList):
         return x
 
 
-class LVDMUNet(nn.Module):
-    """UNet of LVDM short T2V: eps prediction for latents (b, 4, t, h, w)."""
+class LVDMUNet(CoreModel):
+    """UNet of LVDM short T2V: eps prediction for latents (b, 4, t, h, w).
 
-    def __init__(self, config: LVDMUNetConfig):
+    operations: the layer namespace (default torch.nn, then the weights are initialised); dtype,
+    device: where the weights are stored; attention: the softmax attention callable (default SDPA).
+    """
+
+    def __init__(self, config: LVDMUNetConfig, dtype: torch.dtype | None = None, device=None,
+                 operations=None, attention: AttentionFn | None = None):
         super().__init__()
         self.config = cfg = config
+        f = self._factory(operations, dtype, device, attention)
         mc = cfg.model_channels
         emb_dim = mc * 4
         groups = cfg.norm_groups
 
         def resblock(cin, cout):
-            return ResBlock(cin, cout, emb_dim, dims=3, groups=groups)
+            return ResBlock(cin, cout, emb_dim, dims=3, groups=groups, factory=f)
 
         def transformer(ch):
-            return SpatialTemporalTransformer(ch, cfg.num_heads, cfg.context_dim, cfg.temporal_length, groups)
+            return SpatialTemporalTransformer(ch, cfg.num_heads, cfg.context_dim, cfg.temporal_length, groups, f)
 
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.input_blocks = nn.ModuleList([Block([conv(3, cfg.in_channels, mc)])])
+        self.time_embed = nn.Sequential(f.linear(mc, emb_dim), nn.SiLU(), f.linear(emb_dim, emb_dim))
+        self.input_blocks = nn.ModuleList([Block([conv(3, cfg.in_channels, mc, factory=f)])])
         skip_channels = [mc]
         ch, ds = mc, 1
         for level, mult in enumerate(cfg.channel_mult):
@@ -146,7 +157,7 @@ class LVDMUNet(nn.Module):
                 self.input_blocks.append(Block(layers))
                 skip_channels.append(ch)
             if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(Block([Downsample(ch, dims=3)]))
+                self.input_blocks.append(Block([Downsample(ch, dims=3, factory=f)]))
                 skip_channels.append(ch)
                 ds *= 2
 
@@ -160,18 +171,20 @@ class LVDMUNet(nn.Module):
                 if ds in cfg.attention_resolutions:
                     layers.append(transformer(ch))
                 if level and i == cfg.num_res_blocks:
-                    layers.append(Upsample(ch, dims=3))
+                    layers.append(Upsample(ch, dims=3, factory=f))
                     ds //= 2
                 self.output_blocks.append(Block(layers))
 
-        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), conv(3, mc, cfg.out_channels))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        self.out = nn.Sequential(f.group_norm(groups, ch, float32=True), nn.SiLU(),
+                                 conv(3, mc, cfg.out_channels, factory=f))
+        f.init(zero_, self.out[-1])
+        self._finish(operations)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, fps=None) -> torch.Tensor:
-        """x: (b, 4, t, h, w); timesteps: (b,); context: (b, 77, 768). `fps` is accepted and ignored (LVDM has none)."""
+        """x: (b, 4, t, h, w); timesteps: (b,); context: (b, 77, 768). `fps` is accepted and ignored (LVDM has none).
+        Computes in `compute_dtype(self, x)` (ops.py); returns x's dtype."""
         t = x.shape[2]
-        dtype = self.time_embed[0].weight.dtype
+        dtype = compute_dtype(self, x)
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))  # (b, 4 mc)
         context = context.to(dtype).repeat_interleave(t, dim=0)  # ((b t), L, c), batch-major
         h = x.to(dtype)

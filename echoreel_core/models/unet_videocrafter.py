@@ -4,7 +4,8 @@ Spatial layers run on frames as batch, (b t) c h w; each attention site is a Spa
 (self-attention, cross-attention to the text) followed by a TemporalTransformer (two temporal
 self-attentions), with `init_attn` (one more TemporalTransformer) right after the input conv.
 Module and parameter names are the official ones so that `model.diffusion_model.*` of the
-official checkpoints loads strictly.
+official checkpoints loads strictly. The model takes an operations namespace, a storage dtype and
+device and an attention callable (models/ops.py), as ComfyUI's own UNet does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch.nn as nn
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from .layers import Attention, Downsample, FeedForward, GroupNorm32, ResBlock, Upsample, timestep_embedding
+from ..attention import AttentionFn
+from .layers import Attention, Downsample, FeedForward, ResBlock, Upsample, timestep_embedding
+from .ops import CoreModel, Factory, compute_dtype, zero_
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,18 @@ class BasicTransformerBlock(nn.Module):
     caller sets it (EchoReel), runs between attn2 and the FF of temporal blocks.
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None, **attention_options):
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None, factory: Factory | None = None,
+                 **attention_options):
         super().__init__()
+        f = factory or Factory()
         image_tokens = attention_options.pop("image_tokens", False)
-        self.attn1 = Attention(dim, None, heads, dim_head, **attention_options)
-        self.attn2 = Attention(dim, context_dim, heads, dim_head, image_tokens=image_tokens, **attention_options)
-        self.ff = FeedForward(dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, None, heads, dim_head, factory=f, **attention_options)
+        self.attn2 = Attention(dim, context_dim, heads, dim_head, image_tokens=image_tokens, factory=f,
+                               **attention_options)
+        self.ff = FeedForward(dim, factory=f)
+        self.norm1 = f.layer_norm(dim)
+        self.norm2 = f.layer_norm(dim)
+        self.norm3 = f.layer_norm(dim)
         self.action_integration = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
@@ -70,17 +76,18 @@ class BasicTransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """GroupNorm, Linear in, one block over the h*w tokens of each frame, Linear out (zero-init), residual."""
 
-    def __init__(self, channels: int, heads: int, dim_head: int, context_dim: int, groups: int, image_tokens: bool):
+    def __init__(self, channels: int, heads: int, dim_head: int, context_dim: int, groups: int, image_tokens: bool,
+                 factory: Factory | None = None):
         super().__init__()
+        f = factory or Factory()
         inner = heads * dim_head
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, inner)
+        self.norm = f.group_norm(groups, channels, eps=1e-6)
+        self.proj_in = f.linear(channels, inner)
         self.transformer_blocks = nn.ModuleList(
-            [BasicTransformerBlock(inner, heads, dim_head, context_dim, image_tokens=image_tokens)]
+            [BasicTransformerBlock(inner, heads, dim_head, context_dim, factory=f, image_tokens=image_tokens)]
         )
-        self.proj_out = nn.Linear(inner, channels)
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
+        self.proj_out = f.linear(inner, channels)
+        f.init(zero_, self.proj_out)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         # x: ((b t), c, h, w); context: ((b t), L, context_dim)
@@ -97,18 +104,19 @@ class TemporalTransformer(nn.Module):
     `linear=False` is `init_attn`, whose projections are Conv1d(kernel 1) in the official code.
     """
 
-    def __init__(self, channels: int, heads: int, dim_head: int, groups: int, relative_distance: int | None, linear=True):
+    def __init__(self, channels: int, heads: int, dim_head: int, groups: int, relative_distance: int | None,
+                 linear=True, factory: Factory | None = None):
         super().__init__()
+        f = factory or Factory()
         inner = heads * dim_head
         self.linear = linear
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, inner) if linear else nn.Conv1d(channels, inner, 1)
+        self.norm = f.group_norm(groups, channels, eps=1e-6)
+        self.proj_in = f.linear(channels, inner) if linear else f.conv(1, channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
-            [BasicTransformerBlock(inner, heads, dim_head, None, relative_distance=relative_distance)]
+            [BasicTransformerBlock(inner, heads, dim_head, None, factory=f, relative_distance=relative_distance)]
         )
-        self.proj_out = nn.Linear(inner, channels) if linear else nn.Conv1d(inner, channels, 1)
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
+        self.proj_out = f.linear(inner, channels) if linear else f.conv(1, inner, channels, 1)
+        f.init(zero_, self.proj_out)
 
     def _project(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         # x: (n, t, c); Conv1d wants channels first
@@ -152,34 +160,41 @@ class Block(nn.ModuleList):
         return x
 
 
-class VideoCrafterUNet(nn.Module):
-    """UNet3D of VideoCrafter1/2: eps prediction for latents (b, 4, t, h, w)."""
+class VideoCrafterUNet(CoreModel):
+    """UNet3D of VideoCrafter1/2: eps prediction for latents (b, 4, t, h, w).
 
-    def __init__(self, config: VideoCrafterUNetConfig):
+    operations: the layer namespace (default torch.nn, then the weights are initialised); dtype,
+    device: where the weights are stored; attention: the softmax attention callable (default SDPA).
+    """
+
+    def __init__(self, config: VideoCrafterUNetConfig, dtype: torch.dtype | None = None, device=None,
+                 operations=None, attention: AttentionFn | None = None):
         super().__init__()
         self.config = cfg = config
+        f = self._factory(operations, dtype, device, attention)
         mc = cfg.model_channels
         emb_dim = mc * 4
         groups = cfg.norm_groups
         rel = cfg.temporal_length if cfg.relative_position else None
 
         def resblock(cin, cout):
-            return ResBlock(cin, cout, emb_dim, dims=2, groups=groups, temporal_conv=cfg.temporal_conv)
+            return ResBlock(cin, cout, emb_dim, dims=2, groups=groups, temporal_conv=cfg.temporal_conv, factory=f)
 
         def attention_layers(ch):
             heads = ch // cfg.head_channels
             return [
-                SpatialTransformer(ch, heads, cfg.head_channels, cfg.context_dim, groups, cfg.image_cross_attention),
-                TemporalTransformer(ch, heads, cfg.head_channels, groups, rel),
+                SpatialTransformer(ch, heads, cfg.head_channels, cfg.context_dim, groups, cfg.image_cross_attention, f),
+                TemporalTransformer(ch, heads, cfg.head_channels, groups, rel, factory=f),
             ]
 
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(f.linear(mc, emb_dim), nn.SiLU(), f.linear(emb_dim, emb_dim))
         if cfg.fps_cond:
-            self.fps_embedding = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            self.fps_embedding = nn.Sequential(f.linear(mc, emb_dim), nn.SiLU(), f.linear(emb_dim, emb_dim))
 
-        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
+        self.input_blocks = nn.ModuleList([Block([f.conv(2, cfg.in_channels, mc, 3, padding=1)])])
         self.init_attn = Block(
-            [TemporalTransformer(mc, cfg.init_attn_heads, cfg.init_attn_head_channels, groups, rel, linear=False)]
+            [TemporalTransformer(mc, cfg.init_attn_heads, cfg.init_attn_head_channels, groups, rel, linear=False,
+                                 factory=f)]
         )
         skip_channels = [mc]
         ch, ds = mc, 1
@@ -192,7 +207,7 @@ class VideoCrafterUNet(nn.Module):
                 self.input_blocks.append(Block(layers))
                 skip_channels.append(ch)
             if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(Block([Downsample(ch)]))
+                self.input_blocks.append(Block([Downsample(ch, factory=f)]))
                 skip_channels.append(ch)
                 ds *= 2
 
@@ -206,13 +221,14 @@ class VideoCrafterUNet(nn.Module):
                 if ds in cfg.attention_resolutions:
                     layers += attention_layers(ch)
                 if level and i == cfg.num_res_blocks:
-                    layers.append(Upsample(ch))
+                    layers.append(Upsample(ch, factory=f))
                     ds //= 2
                 self.output_blocks.append(Block(layers))
 
-        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        self.out = nn.Sequential(f.group_norm(groups, ch, float32=True), nn.SiLU(),
+                                 f.conv(2, mc, cfg.out_channels, 3, padding=1))
+        f.init(zero_, self.out[-1])
+        self._finish(operations)
 
     def forward(
         self,
@@ -221,9 +237,10 @@ class VideoCrafterUNet(nn.Module):
         context: torch.Tensor,
         fps: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
-        """x: (b, 4, t, h, w) noisy latents; timesteps: (b,); context: (b, L, context_dim); fps: (b,) or int."""
+        """x: (b, 4, t, h, w) noisy latents; timesteps: (b,); context: (b, L, context_dim); fps: (b,) or int.
+        Computes in `compute_dtype(self, x)` (ops.py); returns x's dtype."""
         b, _, t, _, _ = x.shape
-        dtype = self.time_embed[0].weight.dtype
+        dtype = compute_dtype(self, x)
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
         if self.config.fps_cond:
             if fps is None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..attention import AttentionFn
 from ..presets import ModelPreset
 from .autoencoder import AutoencoderKL
 from .image_encoders import OpenCLIPVisionEncoder, Resampler
+from .ops import compute_dtype, module_device, set_attention
 from .text_encoders import CLIPTextConfig, CLIPTextEncoder, OpenCLIPTextEncoder
 from .tokenizer import CLIPTokenizer
 from .unet_lvdm import LVDMUNet
@@ -39,18 +41,24 @@ class VideoModel(nn.Module):
     """UNet, VAE, text encoder (and for I2V the CLIP image encoder and Resampler) plus the schedule.
 
     The schedule is a plain attribute, not a buffer, so `.to(dtype)` never rounds abar or s_t.
+    dtype, device, operations, attention are handed to every part (models/ops.py): with no
+    operations namespace (the core's default, torch.nn) every part is initialised; with one, the
+    parts wait for a state dict.
     """
 
-    def __init__(self, preset: ModelPreset):
+    def __init__(self, preset: ModelPreset, dtype: torch.dtype | None = None, device=None, operations=None,
+                 attention: AttentionFn | None = None):
         super().__init__()
         self.preset = preset
-        self.unet = LVDMUNet(preset.unet) if preset.family == "lvdm" else VideoCrafterUNet(preset.unet)
-        self.vae = AutoencoderKL(preset.vae)
+        build = dict(dtype=dtype, device=device, operations=operations, attention=attention)
+        unet = LVDMUNet if preset.family == "lvdm" else VideoCrafterUNet
+        self.unet = unet(preset.unet, **build)
+        self.vae = AutoencoderKL(preset.vae, **build)
         is_clip = isinstance(preset.text, CLIPTextConfig)
-        self.text_encoder = CLIPTextEncoder(preset.text) if is_clip else OpenCLIPTextEncoder(preset.text)
+        self.text_encoder = (CLIPTextEncoder if is_clip else OpenCLIPTextEncoder)(preset.text, **build)
         if preset.is_i2v:
-            self.image_encoder = OpenCLIPVisionEncoder(preset.vision)
-            self.resampler = Resampler(preset.resampler)
+            self.image_encoder = OpenCLIPVisionEncoder(preset.vision, **build)
+            self.resampler = Resampler(preset.resampler, **build)
         self.schedule = preset.official_schedule()
         self._tokenizer: CLIPTokenizer | None = None
 
@@ -66,11 +74,22 @@ class VideoModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.unet.time_embed[0].weight.device
+        """Where the UNet's weights are."""
+        return module_device(self.unet)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.time_embed[0].weight.dtype
+        """The UNet's compute dtype (ops.compute_dtype: its weights' dtype unless they are fp8 or
+        `unet.compute_dtype` is set), which latents and text contexts are cast to."""
+        return compute_dtype(self.unet)
+
+    def initialize_weights(self) -> None:
+        for part in self.children():
+            part.initialize_weights()
+
+    def set_attention(self, attention: AttentionFn | None) -> None:
+        """Route every part's softmax attention through `attention` (None: SDPA)."""
+        set_attention(self, attention)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
