@@ -170,11 +170,15 @@ def load_video_model(
     preset: ModelPreset | None = None,
     dtype: torch.dtype | None = torch.float32,
     device: torch.device | str = "cpu",
+    operations=None,
+    attention=None,
 ) -> VideoModel:
     """Load an official checkpoint or one of our safetensors files into a VideoModel, strictly.
 
     preset: None detects it from the metadata (our files) or from keys and shapes (official ones).
     dtype: the weights' dtype (float32 as official; None keeps what the file stores).
+    operations, attention: the layer namespace and attention callable every part is built with
+    (models/ops.py; default torch.nn and SDPA), e.g. ComfyUI's comfy.ops and optimized_attention.
     The model comes back in eval mode: VideoCrafter2's temporal convolutions hold dropout, which
     would make every sampling run differ (training calls .train() on what it trains).
     """
@@ -195,11 +199,14 @@ def load_video_model(
                     "checkpoint has: the file is incomplete"
                 ) from error
     with torch.device("meta"):
-        model = VideoModel(preset)
+        model = VideoModel(preset)  # the official keys and shapes
     expected = {
         prefix + k: v for attribute, prefix in component_prefixes(preset).items()
         for k, v in getattr(model, attribute).state_dict().items()
     }
+    if operations is not None or attention is not None:  # its layers may hold no weight before loading
+        with torch.device("meta"):
+            model = VideoModel(preset, operations=operations, attention=attention)
     weights = {k: v for k, v in state.items() if not (IGNORED_KEYS.match(k) or ECHOREEL_KEYS.match(k) or k in SCHEDULE_KEYS)}
     _strict_check(path, expected, weights, f"the {preset.name} model")
     for attribute, prefix in component_prefixes(preset).items():

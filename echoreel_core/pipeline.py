@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .echoreel.features import ActionFeatures
 from .echoreel.weights import EchoReel
 from .memory import check_fits, estimate_sampling_memory
+from .models.ops import compute_dtype, module_device
 from .models.video_model import VideoModel
 from .sampling.ddim import Denoiser, StepCallback, ddim_schedule, randn, sample_ddim
 
@@ -49,12 +50,12 @@ def check_request(model: VideoModel, settings: SamplingSettings, batch: int = 1,
     """Sizes, then memory: a request that cannot run or would not fit is refused before any work,
     with the estimate and the limit (memory.py). `clips` > 1: a long video keeps every clip's frames."""
     settings.validate(size_multiple(model))
-    weight = next(model.unet.parameters())
     estimate = estimate_sampling_memory(model.preset, batch, settings.frames, settings.height, settings.width,
-                                        weight.dtype)
+                                        compute_dtype(model.unet))  # activations are in the compute dtype
     estimate = dataclasses.replace(estimate, output_bytes=estimate.output_bytes * clips)
     frames = f"{clips} clips of {settings.frames} frames" if clips > 1 else f"{settings.frames} frames"
-    check_fits(estimate, weight.device, f"{frames} at {settings.width}x{settings.height} on {model.preset.name}")
+    check_fits(estimate, module_device(model.unet),
+               f"{frames} at {settings.width}x{settings.height} on {model.preset.name}")
 
 
 @dataclass(frozen=True)
@@ -100,16 +101,17 @@ class SamplingRun:
     @classmethod
     def prepare(cls, model: VideoModel, batch: int, settings: SamplingSettings) -> "SamplingRun":
         """Only `model.unet`, `model.preset` and `model.schedule` are used (the ComfyUI sampler passes
-        just those); latents land on the UNet's device and dtype."""
-        weight = next(model.unet.parameters())
+        just those); latents land on the UNet's device, in its compute dtype (ops.compute_dtype: the
+        weights' dtype, unless they are fp8 or `unet.compute_dtype` is set)."""
+        device = module_device(model.unet)
         f = 2 ** (len(model.preset.vae.ch_mult) - 1)
         settings.validate(size_multiple(model))
         return cls(
-            device=weight.device,
-            dtype=weight.dtype,
+            device=device,
+            dtype=compute_dtype(model.unet),
             shape=(batch, model.preset.vae.embed_dim, settings.frames, settings.height // f, settings.width // f),
             generator=torch.Generator("cpu").manual_seed(settings.seed),
-            fps=torch.full((batch,), settings.fps, dtype=torch.long, device=weight.device),
+            fps=torch.full((batch,), settings.fps, dtype=torch.long, device=device),
             steps=ddim_schedule(model.schedule, settings.steps, settings.eta),
         )
 
