@@ -21,6 +21,7 @@ from .read import (
     frame_indices,
     probe_video,
     read_video_frames,
+    select_frames,
     time_indices,
 )
 from .tensors import frames_to_model_input, model_output_to_frames, stack_side_by_side, to_uint8
@@ -36,6 +37,7 @@ __all__ = [
     "model_output_to_frames",
     "probe_video",
     "read_video_frames",
+    "select_frames",
     "stack_side_by_side",
     "time_indices",
     "to_uint8",

@@ -178,6 +178,22 @@ def _resize(frame: torch.Tensor, size, mode: str, pixel_aspect: float = 1.0) -> 
     return x[0, :, top : top + h, left : left + w].permute(1, 2, 0).clamp_(0, 1)
 
 
+def select_frames(frames: torch.Tensor, num_frames: int = 16, stride: int = 4, start: int = 0, size=None,
+                  resize_mode: str = "squash") -> tuple[torch.Tensor, int]:
+    """The official selection (start, start+stride, ..., the last frame repeated past the end) and
+    resize over frames already decoded, (T, H, W, 3) in [0, 1] (e.g. a ComfyUI VIDEO's images).
+    Returns ((num_frames, h, w, 3), repeated). Both modes resize with torch (bilinear,
+    antialiased): only files get FFmpeg's scaler, as in the official loader."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"expected frames (t, h, w, 3), t >= 1; got {tuple(frames.shape)}")
+    if resize_mode not in ("squash", "crop"):
+        raise ValueError(f"resize_mode must be 'squash' or 'crop', got {resize_mode!r}")
+    indices, repeated = frame_indices(frames.shape[0], num_frames, stride, start)
+    h, w = tuple(frames.shape[1:3]) if size is None else (int(size[0]), int(size[1]))
+    out = torch.stack([_resize(frames[i].float(), (h, w), resize_mode) for i in indices])  # (t, h, w, 3)
+    return out, repeated
+
+
 def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
