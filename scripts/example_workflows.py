@@ -1,0 +1,454 @@
+"""Build the example workflows and their thumbnails (a developer's tool, test-only set-up).
+
+    .venv/bin/python scripts/example_workflows.py layout       # example_workflows/*.json and api/*.json
+    .venv/bin/python scripts/example_workflows.py thumbnails   # example_workflows/*.jpg from real runs
+
+Both start the test ComfyUI (scripts/setup_comfyui.sh) with this pack on 127.0.0.1. `layout` also
+drives the browser (scripts/setup_browser.sh): every graph below is built in the served frontend
+from its node definitions, each node sized to what its widgets need (the page's computeSize),
+placed in columns with nothing overlapping, and saved with the page's own serialisers: the UI
+file as the frontend saves it (version 0.4, no saved view, so the page fits the whole graph to the
+window on opening) and the API copy as "Export (API)" writes it. `thumbnails` queues each API copy
+at its own settings and writes a frame grid (256 px wide jpg) of the videos it saved; the
+image-to-video workflow needs files that do not ship, so its picture is a text card saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from comfyui_server import API_EXAMPLES, EXAMPLES, serve  # noqa: E402
+
+from echoreel_core.toy.models import SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_MODEL_FILE  # noqa: E402
+
+GAP_X, GAP_Y = 50, 40  # between columns, and between a node and the title bar of the next one
+MIN_WIDTH = 280
+
+TOY_MODEL = pathlib.PurePosixPath(TOY_MODEL_FILE).name
+TOY_ECHOREEL = pathlib.PurePosixPath(TOY_ECHOREEL_FILE).name
+
+
+def sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# properties.models: the frontend's schema requires a `url` in each entry, and its missing-models
+# dialog offers a download only from huggingface.co or civitai.com; any other address is shown with
+# "Copy URL". No download address exists for the toy files (they ship with the pack, which puts
+# their folder on ComfyUI's model paths, so they are never missing) nor for EchoReel weights for
+# VideoCrafter1 I2V (nobody has trained them), so those entries carry a text in a data: URL that
+# says so instead of an address that would fetch the wrong thing; the official VideoCrafter1 I2V
+# weights are a pickled model.ckpt under another name, so its entry names the official project.
+VIDEOCRAFTER_PROJECT = "https://github.com/AILab-CVC/VideoCrafter"
+
+
+def toy_model_entry(kind: str) -> dict:
+    relative = TOY_MODEL_FILE if kind == "videocrafter" else TOY_ECHOREEL_FILE
+    name = pathlib.PurePosixPath(relative).name
+    where = pathlib.PurePosixPath("echoreel_core/toy/shipped") / relative
+    return {"name": name, "url": f"data:text/plain,ships with ComfyUI-EchoReel ({where}): nothing to download",
+            "hash": sha256(SHIPPED_DIR / relative), "hash_type": "SHA256", "directory": kind}
+
+
+I2V_MODELS = {
+    "videocrafter": {"name": "videocrafter1_i2v_512.safetensors", "url": VIDEOCRAFTER_PROJECT, "directory": "videocrafter"},
+    "echoreel": {"name": "echoreel_videocrafter1_i2v_512.safetensors",
+                 "url": "data:text/plain,no such file is published: train it with "
+                        "python -m echoreel_core.train --config videocrafter1_i2v", "directory": "echoreel"},
+}
+
+
+def node(key, type_, title=None, widgets=None, inputs=None, models=None, size=None) -> dict:
+    """One node: widget values by name, inputs as {input: (source key, output name)}, and an
+    optional smallest size (a Note, whose text box would otherwise get only one line)."""
+    return {"key": key, "type": type_, "title": title, "widgets": widgets or {}, "inputs": inputs or {},
+            "models": models, "size": size}
+
+
+def encode(key, title, text) -> dict:
+    return node(key, "EchoReel_TextEncode", title, {"text": text}, {"text_encoder": ("ckpt", "text_encoder")})
+
+
+def reference(key, title=None, stride=4, size=(64, 64)) -> dict:
+    return node(key, "EchoReel_LoadReferenceVideo", title, {
+        "frames": 16, "stride": stride, "start": 0, "width": size[0], "height": size[1],
+        "resize": "squash (official)", "video": "toy_reference.mp4"})
+
+
+def prism(key, title=None, ref="reference", caption="caption", add_to=None) -> dict:
+    inputs = {"echoreel": ("echoreel", "echoreel"), "vae": ("ckpt", "vae"), "reference": (ref, "frames"),
+              "reference_caption": (caption, "CONDITIONING"), "positive": ("prompt", "CONDITIONING"),
+              "negative": ("negative", "CONDITIONING")}
+    if add_to:
+        inputs["add_to"] = (add_to, "action_features")
+    return node(key, "EchoReel_ActionPrismEncode", title,
+                {"seed": 0, "posterior": "sample (official)"}, inputs)
+
+
+def apply(features="prism") -> dict:
+    return node("apply", "EchoReel_ApplyEchoReel", None, {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+                {"model": ("ckpt", "model"), "echoreel": ("echoreel", "echoreel"), "action_features": (features, "action_features")})
+
+
+def sampler(key, title=None, model=("apply", "model"), size=(64, 64), steps=25, cfg=7.5, image=None, long=False) -> dict:
+    widgets = {"width": size[0], "height": size[1], "frames": 16, "fps": 8, "steps": steps, "cfg": cfg, "eta": 1.0,
+               "seed": 123, "control_after_generate": "fixed"}
+    if long:
+        widgets.update(clips=4, overlap=4, alpha=4.0, beta=0.4, drop_overlap=False)
+    inputs = {"model": model, "positive": ("prompt", "CONDITIONING"), "negative": ("negative", "CONDITIONING"),
+              "vae": ("ckpt", "vae")}
+    if image:
+        inputs["image"] = image
+    return node(key, "EchoReel_LongVideoSampler" if long else "EchoReel_VideoCrafterSampler", title, widgets, inputs)
+
+
+def save(key, prefix, source, title=None) -> dict:
+    """Core Save Video on the sampler's VIDEO output: the frames at the sampler's fps, as mp4."""
+    return node(key, "SaveVideo", title, {"filename_prefix": prefix, "format": "auto", "codec": "auto"},
+                {"video": (source, "video")})
+
+
+def toy_loaders() -> list[dict]:
+    return [
+        node("ckpt", "EchoReel_LoadVideoCrafterCheckpoint", None, {"ckpt_name": TOY_MODEL, "dtype": "auto"},
+             models=[toy_model_entry("videocrafter")]),
+        node("echoreel", "EchoReel_LoadEchoReel", None, {"echoreel_name": TOY_ECHOREEL}, models=[toy_model_entry("echoreel")]),
+    ]
+
+
+def prompts(prompt="a red circle", caption=("caption", "Reference caption", "a blue square")) -> list[dict]:
+    return [encode("prompt", "Prompt", prompt), encode("negative", "Negative prompt", ""), encode(*caption)]
+
+
+I2V_NOTE = (
+    "This template does not run as shipped: it needs three files that do not ship.\n\n"
+    "1. models/videocrafter/videocrafter1_i2v_512.safetensors: the official VideoCrafter1 Image2Video-512 "
+    "model.ckpt, converted: python -m echoreel_core.convert model.ckpt videocrafter1_i2v_512.safetensors\n"
+    "2. models/echoreel/echoreel_videocrafter1_i2v_512.safetensors: EchoReel weights for that model, "
+    "from training (python -m echoreel_core.train --config videocrafter1_i2v); no official ones exist.\n"
+    "3. input/first_frame.png: the first frame of your video (upload it in First frame).\n\n"
+    "The reference is the shipped toy_reference.mp4 (a blue square orbiting): upload your own and "
+    "describe it in Reference caption."
+)
+
+# name (the file name is the template browser's title and description, and its cards show about 29
+# characters of a title: a workflow that cannot run as shipped says so within them) -> nodes, and columns left
+# to right of node keys top to bottom; ("key", "other") starts a node no higher than `other` (so a
+# Save Video has room below it for the preview it shows after a run)
+WORKFLOWS = {
+    "EchoReel text to video": (
+        [*toy_loaders(), reference("reference"), *prompts(), prism("prism"), apply(), sampler("sampler"),
+         save("save", "echoreel/text_to_video", "sampler")],
+        [["ckpt", "echoreel", "prompt", "negative"], ["reference", "caption"], ["prism", "apply"], ["sampler"], ["save"]],
+    ),
+    "EchoReel with and without": (
+        [*toy_loaders(), reference("reference"), *prompts(), prism("prism"), apply(),
+         sampler("with", "Sampler — with EchoReel"), sampler("without", "Sampler — without EchoReel", model=("ckpt", "model")),
+         save("save_with", "echoreel/with_echoreel", "with", "Save Video — with EchoReel"),
+         save("save_without", "echoreel/without_echoreel", "without", "Save Video — without EchoReel")],
+        [["ckpt", "echoreel", "prompt", "negative"], ["reference", "caption"], ["prism", "apply"], ["with", "without"],
+         ["save_with", ("save_without", "without")]],
+    ),
+    "EchoReel two references": (
+        [*toy_loaders(), reference("reference", "Reference video — first"),
+         reference("reference2", "Reference video — second, half speed", stride=2),
+         *prompts(caption=("caption", "Reference caption — first reference", "a blue square")),
+         encode("caption2", "Reference caption — second reference", "a blue square"),
+         prism("prism", "Prism Encode — first reference"),
+         prism("prism2", "Prism Encode — second reference", ref="reference2", caption="caption2", add_to="prism"),
+         apply("prism2"), sampler("sampler"), save("save", "echoreel/two_references", "sampler")],
+        [["ckpt", "echoreel", "prompt", "negative"], ["reference", "caption"], ["reference2", "caption2"],
+         ["prism", "prism2", "apply"], ["sampler", "save"]],
+    ),
+    "EchoReel long video": (
+        [*toy_loaders(), reference("reference"), *prompts(), prism("prism"), apply(), sampler("sampler", long=True),
+         save("save", "echoreel/long_video", "sampler")],
+        [["ckpt", "echoreel", "prompt", "negative"], ["reference", "caption"], ["prism", "apply"], ["sampler"], ["save"]],
+    ),
+    "EchoReel I2V (needs files)": (
+        [node("ckpt", "EchoReel_LoadVideoCrafterCheckpoint", None,
+              {"ckpt_name": I2V_MODELS["videocrafter"]["name"], "dtype": "auto"}, models=[I2V_MODELS["videocrafter"]]),
+         node("echoreel", "EchoReel_LoadEchoReel", None, {"echoreel_name": I2V_MODELS["echoreel"]["name"]},
+              models=[I2V_MODELS["echoreel"]]),
+         reference("reference", size=(512, 320)),
+         *prompts("a corgi running in a circle"), prism("prism"), apply(),
+         node("image", "LoadImage", "First frame", {"image": "first_frame.png"}),
+         sampler("sampler", size=(512, 320), steps=50, cfg=12.0, image=("image", "IMAGE")),
+         save("save", "echoreel/image_to_video", "sampler"),
+         node("note", "Note", "Needs files that do not ship", {"": I2V_NOTE}, size=(420, 330))],
+        [["note", "ckpt", "echoreel"], ["reference", "caption"], ["image", "prompt", "negative"], ["prism", "apply"],
+         ["sampler", "save"]],
+    ),
+}
+
+RUNNABLE = [name for name in WORKFLOWS if "needs files" not in name]
+
+# The graph is built from the node definitions, saved, and opened again as a user opens a file
+# (app.loadGraphData), since only then do upload widgets show their previews, which set the
+# heights. Sizes are read once nothing has changed for a second.
+COMMON_JS = r"""
+async function steady() {
+  let last = "", still = 0;
+  for (let i = 0; i < 80 && still < 4; i++) {
+    const now = JSON.stringify(app.graph.nodes.map(n => [n.size, n.computeSize()]));
+    still = now === last ? still + 1 : 0;
+    last = now;
+    app.graph.setDirtyCanvas(true, true);
+    await new Promise(r => setTimeout(r, 250));
+  }
+}
+function saved() {
+  const workflow = app.graph.serialize();
+  delete workflow.extra.ds;  // no saved view: the page fits the whole graph to the window on opening
+  return JSON.stringify(workflow);  // as the page writes files: undefined fields left out, key order kept
+}
+// what each node needs: its computeSize, and wide enough that no title, widget label or value is
+// cut short (the frontend's drawTruncatingText: margins 15, paddings 5 and 20, gap 5). A video
+// preview asks computeSize for its node's own width plus 104, whatever the width (its minWidth is
+// the node's width): for such a node only the texts set the width.
+function needs() {
+  const ctx = document.createElement("canvas").getContext("2d");
+  const out = {};
+  for (const node of app.graph.nodes) {
+    const size = Array.from(node.computeSize());
+    const previews = (node.widgets || []).some(w => w.computeLayoutSize && w.computeLayoutSize(node).minWidth >= node.size[0]);
+    let width = previews ? 0 : size[0];
+    ctx.font = node.titleFontStyle;
+    width = Math.max(width, ctx.measureText(node.title).width + 2 * LiteGraph.NODE_TITLE_HEIGHT + 4);
+    ctx.font = node.innerFontStyle;
+    for (const w of node.widgets || []) {
+      if (!["combo", "number", "text", "toggle"].includes(w.type) || (w.options && w.options.multiline)) continue;
+      width = Math.max(width, ctx.measureText(w.label || w.name).width + 5 + ctx.measureText(String(w.value)).width + 4 * 15 + 5 + 20);
+    }
+    out[node.id] = [Math.ceil(width), Math.max(size[1], node.size[1])];
+  }
+  return out;
+}
+"""
+
+BUILD_JS = COMMON_JS + r"""
+const spec = args[0];
+app.clean();
+app.graph.clear();
+const made = {};
+for (const n of spec.nodes) {
+  const node = LiteGraph.createNode(n.type);
+  if (!node) throw new Error(`no node type ${n.type}`);
+  if (n.title) node.title = n.title;
+  app.graph.add(node);
+  const all = node.widgets.flatMap(w => [w, ...(w.linkedWidgets || [])]);  // a seed's control widget is linked
+  for (const [name, value] of Object.entries(n.widgets)) {
+    const widget = name === "" ? node.widgets[0] : all.find(w => w.name === name);
+    if (!widget) throw new Error(`${n.type}: no widget ${name} in ${all.map(w => w.name)}`);
+    widget.value = value;
+  }
+  if (n.models) node.properties.models = n.models;
+  made[n.key] = node;
+}
+for (const n of spec.nodes) {
+  for (const [input, [source, output]] of Object.entries(n.inputs)) {
+    const target = made[n.key], origin = made[source];
+    const out = origin.outputs.findIndex(o => o.name === output);
+    const slot = target.inputs.findIndex(i => i.name === input);
+    if (out < 0 || slot < 0) throw new Error(`${source}.${output} -> ${n.key}.${input}: no such slot`);
+    origin.connect(out, target, slot);
+  }
+}
+return {workflow: saved(), ids: Object.fromEntries(Object.entries(made).map(([k, v]) => [k, v.id])),
+        title: LiteGraph.NODE_TITLE_HEIGHT};
+"""
+
+# open a saved graph (optionally with new positions and sizes first) and report what each node needs
+OPEN_JS = COMMON_JS + r"""
+const [workflow, places] = args;
+for (const node of workflow.nodes) {
+  if (places && places[node.id]) {
+    const [x, y, w, h] = places[node.id];
+    node.pos = [x, y];
+    node.size = [w, h];
+  }
+}
+await app.loadGraphData(workflow, true, false, "layout");
+await steady();
+return {needs: needs(), sizes: Object.fromEntries(app.graph.nodes.map(n => [n.id, Array.from(n.size)]))};
+"""
+
+# set the widths, and read the heights the nodes then need
+WIDTHS_JS = COMMON_JS + r"""
+const [widths] = args;
+for (const [id, width] of Object.entries(widths)) app.graph.getNodeById(Number(id)).setSize([width, 10]);
+await steady();
+return needs();
+"""
+
+SAVE_JS = COMMON_JS + r"""
+const prompt = await app.graphToPrompt();
+return {workflow: saved(), api: JSON.stringify(prompt.output)};
+"""
+
+
+def column_widths(columns: list[list[str]], needs: dict) -> dict:
+    """Each node as wide as its column: the widest need in it, at least MIN_WIDTH."""
+    widths = {}
+    for column in columns:
+        keys = [entry[0] if isinstance(entry, tuple) else entry for entry in column]
+        width = max([MIN_WIDTH] + [needs[key][0] + 1 for key in keys])
+        widths.update((key, width) for key in keys)
+    return widths
+
+
+def layout(columns: list[list[str]], sizes: dict, title_height: int) -> dict:
+    """Columns left to right, nodes top to bottom, `GAP_X` and `GAP_Y` apart; `pos` is the body's
+    top-left, the title bar sits above it."""
+    places, x = {}, 0
+    for column in columns:
+        column = [entry if isinstance(entry, tuple) else (entry, None) for entry in column]
+        width = sizes[column[0][0]][0]
+        y = 0
+        for key, below in column:
+            if below:
+                y = max(y, places[below][1] - title_height)
+            height = sizes[key][1]
+            places[key] = [x, y + title_height, width, height]
+            y += title_height + height + GAP_Y
+        x += width + GAP_X
+    return places
+
+
+def lay_out(browser, nodes: list[dict], columns: list) -> tuple[dict, dict]:
+    """Build, open, size and place one graph; reopen it until opening changes nothing."""
+    keys = [entry[0] if isinstance(entry, tuple) else entry for column in columns for entry in column]
+    assert sorted(keys) == sorted(n["key"] for n in nodes), "every node in exactly one column"
+    built = browser.js_async(BUILD_JS, {"nodes": nodes})
+    ids, title = built["ids"], built["title"]
+    workflow = json.loads(built["workflow"])
+    by_key = lambda table: {k: table[str(ids[k])] for k in ids}  # noqa: E731
+    opened = browser.js_async(OPEN_JS, workflow, None)
+    least = {n["key"]: n["size"] or (0, 0) for n in nodes}
+    needs = {k: [max(w, least[k][0]), h] for k, (w, h) in by_key(opened["needs"]).items()}
+    widths = column_widths(columns, needs)
+    heights = by_key(browser.js_async(WIDTHS_JS, {str(ids[k]): w for k, w in widths.items()}))
+    sizes = {k: [widths[k], max(round(heights[k][1]) + 1, least[k][1])] for k in ids}
+    for attempt in range(4):
+        places = layout(columns, sizes, title)
+        opened = browser.js_async(OPEN_JS, workflow, {str(ids[k]): v for k, v in places.items()})
+        grown = {k: size for k, size in by_key(opened["sizes"]).items() if size[1] > sizes[k][1] + 0.5}
+        if not grown:
+            result = browser.js_async(SAVE_JS)
+            return json.loads(result["workflow"]), json.loads(result["api"])
+        for k, size in grown.items():
+            sizes[k][1] = round(size[1]) + 1
+    raise RuntimeError(f"nodes keep growing on opening: {grown}")
+
+
+def build_layouts(names: list[str]) -> None:
+    from browser import Browser
+
+    base = pathlib.Path(tempfile.mkdtemp(prefix="echoreel-layout-"))
+    server = serve(base)
+    try:
+        server.post("/settings/Comfy.TutorialCompleted", True)
+        browser = Browser(server.url)
+        try:
+            for name in names:
+                workflow, api = lay_out(browser, *WORKFLOWS[name])
+                api = dict(sorted(api.items(), key=lambda item: int(item[0])))
+                (EXAMPLES / f"{name}.json").write_text(json.dumps(workflow, indent=1, ensure_ascii=False) + "\n")
+                (API_EXAMPLES / f"{name}.json").write_text(json.dumps(api, indent=1, ensure_ascii=False) + "\n")
+                print(f"wrote {name}.json: {len(workflow['nodes'])} nodes, {len(api)} in the API copy")
+        finally:
+            browser.quit()
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+THUMB_WIDTH = 256
+
+
+def frame_grid(videos: list, rows_each: int, columns: int = 4):
+    """Frames spread evenly over each video, `columns` a row, `rows_each` rows a video, scaled to
+    THUMB_WIDTH wide; a 2 px white line between videos."""
+    import numpy as np
+    from PIL import Image
+
+    blocks = []
+    for video in videos:
+        frames = video.frames
+        picks = np.linspace(0, len(frames) - 1, rows_each * columns).round().astype(int)
+        rows = [np.concatenate([frames[i] for i in picks[r * columns:(r + 1) * columns]], axis=1) for r in range(rows_each)]
+        blocks.append(np.concatenate(rows, axis=0))
+    line = np.full((2, blocks[0].shape[1], 3), 255, np.uint8)
+    grid = np.concatenate([part for block in blocks for part in (block, line)][:-1], axis=0)
+    picture = Image.fromarray(grid)
+    return picture.resize((THUMB_WIDTH, round(picture.height * THUMB_WIDTH / picture.width)), Image.LANCZOS)
+
+
+def text_card(lines: list[str]):
+    from PIL import Image, ImageDraw, ImageFont
+
+    card = Image.new("RGB", (THUMB_WIDTH, THUMB_WIDTH), (40, 40, 48))
+    draw = ImageDraw.Draw(card)
+    try:
+        font = ImageFont.load_default(size=18)
+    except TypeError:  # Pillow without FreeType's bundled font
+        font = ImageFont.load_default()
+    y = 28
+    for line in lines:
+        draw.text((16, y), line, fill=(235, 235, 235), font=font)
+        y += 30
+    return card
+
+
+def make_thumbnails(names: list[str]) -> None:
+    from comfyui_server import load
+
+    base = pathlib.Path(tempfile.mkdtemp(prefix="echoreel-thumbnails-"))
+    server = serve(base)
+    try:
+        for name in names:
+            target = EXAMPLES / f"{name}.jpg"
+            if name not in RUNNABLE:
+                text_card(["Image to video", "", "needs VideoCrafter1 I2V", "and EchoReel weights", "for it: not included",
+                           "", "(no run: no such files)"]).save(target, quality=90)
+                print(f"wrote {target.name}: a text card")
+                continue
+            prompt = load(API_EXAMPLES / f"{name}.json")
+            started = time.time()
+            entry = server.run(prompt)
+            saves = [k for k, v in prompt.items() if v["class_type"] == "SaveVideo"]
+            videos = [server.video(entry, k) for k in sorted(saves, key=int)]
+            picture = frame_grid(videos, rows_each=4 // len(videos))
+            buffer = io.BytesIO()
+            picture.save(buffer, "JPEG", quality=85, optimize=True)
+            target.write_bytes(buffer.getvalue())
+            print(f"wrote {target.name}: {picture.width}x{picture.height}, {len(buffer.getvalue())} bytes, "
+                  f"from a run of {time.time() - started:.0f} s")
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["layout", "thumbnails"])
+    parser.add_argument("--only", nargs="*", help="workflow names (default: all)")
+    args = parser.parse_args()
+    names = args.only or list(WORKFLOWS)
+    API_EXAMPLES.mkdir(parents=True, exist_ok=True)
+    (build_layouts if args.what == "layout" else make_thumbnails)(names)
+
+
+if __name__ == "__main__":
+    main()
