@@ -9,11 +9,10 @@ import warnings
 import folder_paths
 from comfy_api.latest import InputImpl, io
 
-from ..echoreel_core.video_io import read_video_frames, select_frames
+from ..echoreel_core.video_io import VIDEO_EXTENSIONS, read_video_frames, select_frames
 from . import runtime
 from .common import check_option, schema
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v")
 RESIZE_MODES = ["squash (official)", "crop"]
 
 

@@ -277,7 +277,7 @@ def test_the_upload_button_lists_every_container_the_node_lists(nodes):
     from comfyui_echoreel_pack.nodes.video import VIDEO_EXTENSIONS
 
     script = (ROOT / "web" / "js" / "reference_video_upload.js").read_text()
-    listed = re.search(r"const VIDEO_EXTENSIONS = \[(.*?)\];", script).group(1)
+    listed = re.search(r"const VIDEO_EXTENSIONS = \[(.*?)\];", script, re.S).group(1)
     assert tuple(re.findall(r'"(\.\w+)"', listed)) == VIDEO_EXTENSIONS
 
 

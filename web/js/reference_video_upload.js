@@ -1,12 +1,15 @@
 // Load Reference Video: an upload button that takes every container the pack decodes.
 // ComfyUI's own video upload button offers only mp4 and webm, and drops files whose type is not
 // video/* (GIF is image/gif), so this node gets a second button whose picker lists the pack's
-// containers. The list must equal VIDEO_EXTENSIONS in nodes/video.py (a test compares them).
+// containers. The list must equal echoreel_core.video_io.VIDEO_EXTENSIONS (a test compares them).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const NODE_ID = "EchoReel_LoadReferenceVideo";
-const VIDEO_EXTENSIONS = [".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v"];
+const VIDEO_EXTENSIONS = [
+  ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".webp", ".3gp",
+  ".ts", ".mts", ".m2ts", ".flv", ".mpg", ".mpeg", ".wmv", ".asf", ".mxf",
+];
 
 async function upload(file) {
   const body = new FormData();
@@ -47,7 +50,7 @@ app.registerExtension({
       }
     };
     const button = node.addWidget("button", "upload_any_video", null, () => picker.click(), { serialize: false });
-    button.label = `upload any video (${VIDEO_EXTENSIONS.join(" ")})`;
+    button.label = "upload any video (mkv, avi, gif, webp, mpg, wmv, ...)";
     const removed = node.onRemoved;
     node.onRemoved = function () {
       picker.remove();
