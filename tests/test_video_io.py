@@ -132,7 +132,7 @@ def test_memory_refusal(clip):
 def test_gif_roundtrip(tmp_path):
     path = write_video(tmp_path / "anim.gif", index_frames(t=12, h=20, w=30), 8)
     info = probe_video(path)
-    assert (info.frame_count, info.width, info.height) == (12, 30, 20)
+    assert (info.frame_count, info.width, info.height, info.alpha) == (12, 30, 20, False)
     assert info.fps == pytest.approx(8, rel=0.05)  # whole-centisecond delays
     frames, _, _ = read_video_frames(path, 12, 1, 0)
     assert decoded_index(frames) == list(range(12))  # the per-clip palette keeps greys grey

@@ -4,11 +4,13 @@ For the next frame wanted, decoding starts at the last keyframe shown at or befo
 and runs in order from there; a decoded frame is recognised by its timestamp, never by counting
 from the seek point, so open GOPs (x265's default, x264 open_gop, MPEG-2 with B-frames), whose
 pictures after a seek come out in a different number than before it, give the right frames.
-Each start is checked: the first packet decoded must be a keyframe shown no later than the frame
-wanted, and every frame wanted must come out before a later one does. When a check fails (a
-demuxer that seeks loosely, a keyframe that is not a clean start), decoding starts again one
-keyframe earlier, then from the beginning of the file. Frames wanted one after the other decode
-in one run; a seek is made only to skip a gap (SEEK_GAP frames or more).
+Each start is checked: the first packet decoded must be a keyframe the scan listed, shown no later
+than the frame wanted; every frame decoded must carry a timestamp the scan listed; every frame
+wanted must come out before a later one does. When a check fails (a demuxer that seeks loosely,
+a keyframe that is not a clean start), decoding starts at an earlier keyframe; after three
+failures, or when timestamps after a seek are not the scan's (MPEG program streams interpolate
+them), from the beginning of the file with no seek, which is exact. Frames wanted one after the
+other decode in one run; a seek is made only to skip a gap (SEEK_GAP frames or more).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from bisect import bisect_left, bisect_right
 from .timeline import Timeline
 
 SEEK_GAP = 8  # frames: decode through shorter gaps between wanted frames, seek over longer ones
+# codecs whose frames no other frame refers to can be dropped undecoded when not wanted (FFmpeg's
+# skip_frame "nonref"); not VP8/VP9/AV1, whose hidden frames are shown by later packets
+SKIPPABLE = {"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "h263", "vc1", "wmv3"}
 
 
 def decode_frames(timeline: Timeline, indices, convert) -> dict:
@@ -46,6 +51,7 @@ class _Source:
         self.stream.thread_type = "AUTO"
         self.decoder = None
         name = self.stream.codec_context.name
+        self.can_skip = name in SKIPPABLE
         if (self.stream.metadata or {}).get("alpha_mode") == "1" and name in ("vp8", "vp9"):
             try:
                 self.decoder = av.CodecContext.create("libvpx" if name == "vp8" else "libvpx-vp9", "r")
@@ -60,10 +66,18 @@ class _Source:
         if self.decoder is not None:
             self.decoder.flush_buffers()
 
-    def frames(self, packet):
-        """The frames one packet gives; a packet the decoder refuses gives none (a damaged one)."""
+    def frames(self, packet, wanted=True, shown=None):
+        """The frames one packet gives; a packet the decoder refuses gives none (a damaged one).
+        wanted=False lets the decoder drop the packet's frame if no other frame refers to it
+        (skip_frame "NONREF": B-frames that are not references), which saves decoding time."""
         import av
 
+        if packet.size and packet.is_corrupt and shown is not None and packet.pts not in shown:
+            return []  # the cut-off last packet of a truncated file: the scan left it out too
+        context = self.decoder if self.decoder is not None else self.stream.codec_context
+        skip = "NONREF" if not wanted and self.can_skip else "DEFAULT"
+        if context.skip_frame != skip:
+            context.skip_frame = skip
         try:
             if self.decoder is not None:
                 return self.decoder.decode(packet if packet.size else None)
@@ -133,7 +147,7 @@ def _run(timeline, source, seek_to, targets, pos, out, convert, shown, starts, a
     through every gap."""
     import av
 
-    keys, pts = timeline.keys, timeline.pts
+    keys, pts, wanted = timeline.keys, timeline.pts, set(targets)
     if seek_to is not None:
         try:
             source.seek(seek_to)
@@ -161,7 +175,7 @@ def _run(timeline, source, seek_to, targets, pos, out, convert, shown, starts, a
                 return "seek", pos
         if not started:
             continue
-        for frame in source.frames(packet):
+        for frame in source.frames(packet, packet.pts is None or packet.pts in wanted, shown):
             p = frame.pts
             if p is None:
                 continue

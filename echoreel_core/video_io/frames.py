@@ -87,9 +87,13 @@ def kind_of(frame) -> str:
     if int(getattr(frame, "color_trc", 0) or 0) in colour.HDR_TRANSFERS:
         return "hdr"
     fmt = frame.format
-    if fmt.name == "pal8":  # GIF: transparent when an entry of its palette (B, G, R, A) is
+    if fmt.name == "pal8":  # GIF: transparent when a pixel uses a palette entry (B, G, R, A) that is
         palette = np.frombuffer(bytes(frame.planes[1]), np.uint8)[: 256 * 4].reshape(-1, 4)
-        return "alpha" if (palette[:, 3] < 255).any() else "sdr"
+        if (palette[:, 3] == 255).all():
+            return "sdr"
+        plane = frame.planes[0]
+        used = np.frombuffer(bytes(plane), np.uint8).reshape(-1, plane.line_size)[:, : frame.width]
+        return "alpha" if (palette[np.unique(used), 3] < 255).any() else "sdr"
     if any(getattr(c, "is_alpha", False) for c in fmt.components):
         return "alpha"
     return "sdr"

@@ -63,7 +63,7 @@ class VideoInfo:
     mirrored: bool = False
     sample_aspect_ratio: Fraction = Fraction(1)
     hdr: str = ""                       # "HLG" or "PQ" when tone mapped
-    alpha: bool = False                 # composited over black
+    alpha: bool = False                 # the first frame has see-through pixels (composited over black)
     variable_frame_rate: bool = False
     truncated: bool = False
     declared_frames: int | None = None  # what a truncated file declares
@@ -100,6 +100,8 @@ def _inspect(path: str):
                              f"truncated file)")
     orient = orientation_of(first)
     kind = kind_of(first)
+    if kind == "alpha":  # an alpha channel, but is anything see-through? (GIFs decode to bgra)
+        kind = "alpha" if (first.to_ndarray(format="rgba")[..., 3] < 255).any() else "sdr"
     height, width = (first.width, first.height) if orient.transpose else (first.height, first.width)
     from .colour import HDR_TRANSFERS
 

@@ -4,9 +4,10 @@ packets alone (one demuxing pass, no decoding), so it costs the same wherever th
 Frame i of a video is the i-th frame in display (presentation-time) order, counted from the
 first keyframe: the timeline lists their timestamps. Packets before the first keyframe, and the
 leading pictures of that keyframe (shown before it), are not frames: no decoder can show them
-right. Packets flagged corrupt (a cut-off last packet) or discard (outside an mp4 edit list) are
-not frames either. Where timestamps are missing or repeated, the timeline has none (`pts` is None)
-and frames are counted in decoding output order from the start.
+right. Packets flagged corrupt at the very end (the cut-off last packet of a truncated file) or
+discard (outside an mp4 edit list) are not frames either. Where timestamps are missing or
+repeated, the timeline has none (`pts` is None) and frames are counted in decoding output order
+from the start.
 """
 
 from __future__ import annotations
@@ -84,19 +85,18 @@ def scan(path: str) -> Timeline:
         return scan_webp(path)
     with av.open(path) as container:
         stream = video_stream(container)
-        records, corrupt, failed, skipped = [], 0, False, 0  # corrupt: since the last good one
+        records, corrupt, failed, skipped = [], 0, False, 0  # corrupt: packets since the last good one
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:  # the end-of-stream marker
-                    continue
-                if packet.is_corrupt:  # cut off at the end of a truncated file (or damaged)
-                    corrupt += 1
                     continue
                 if packet.is_discard:
                     skipped += 1
                     continue
                 records.append((packet.pts, packet.is_keyframe, packet.dts))
-                corrupt = 0  # damage in the middle is not truncation
+                # a damaged packet in the middle still decodes to a frame; at the very end, it
+                # is the cut-off last one of a truncated file, dropped below
+                corrupt = corrupt + 1 if packet.is_corrupt else 0
         except av.error.FFmpegError:  # the file stops making sense part way: keep what came
             failed = True
         time_base = stream.time_base or Fraction(1, 1000)
@@ -105,6 +105,8 @@ def scan(path: str) -> Timeline:
         declared_seconds = _declared_seconds(stream)
         index = stream.index
         sar = _sample_aspect_ratio(stream)
+    if corrupt:
+        records = records[:-corrupt]
     first_key = next((i for i, (_, key, _) in enumerate(records) if key), None)
     if first_key is not None:
         skipped += first_key
