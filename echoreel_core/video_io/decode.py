@@ -25,17 +25,18 @@ SEEK_GAP = 8  # frames: decode through shorter gaps between wanted frames, seek 
 SKIPPABLE = {"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "h263", "vc1", "wmv3"}
 
 
-def decode_frames(timeline: Timeline, indices, convert) -> dict:
+def decode_frames(timeline: Timeline, indices, convert, container=None) -> dict:
     """{frame index: convert(frame)} for the sorted, unique frame indices asked; frames that no
-    decoding could produce are missing from the result."""
+    decoding could produce are missing from the result. `container`: one already open on the
+    file (the scan's) to start with; it is closed at the end."""
     if timeline.source == "webp":
         from .webp import decode_webp
 
         return decode_webp(timeline, indices, convert)
     if timeline.pts is None:
-        return _decode_counting(timeline, indices, convert)
+        return _decode_counting(timeline, indices, convert, container)
     wanted = {int(timeline.pts[i]): i for i in indices}
-    got = _decode_by_time(timeline, sorted(wanted), convert)
+    got = _decode_by_time(timeline, sorted(wanted), convert, container)
     return {wanted[p]: frame for p, frame in got.items()}
 
 
@@ -43,10 +44,10 @@ class _Source:
     """A container opened on the timeline's stream, and the decoder for it: FFmpeg's own, except
     for VP8/VP9 with an alpha channel (WebM `alpha_mode`), which only libvpx decodes with alpha."""
 
-    def __init__(self, timeline: Timeline):
+    def __init__(self, timeline: Timeline, container=None):
         import av
 
-        self.container = av.open(timeline.path)
+        self.container = container if container is not None else av.open(timeline.path)
         self.stream = self.container.streams[timeline.stream_index]
         self.stream.thread_type = "AUTO"
         self.decoder = None
@@ -89,9 +90,11 @@ class _Source:
         self.container.close()
 
 
-def _decode_counting(timeline: Timeline, indices, convert) -> dict:
+def _decode_counting(timeline: Timeline, indices, convert, container=None) -> dict:
     """Without usable timestamps: the n-th frame out of the decoder, from the start, is frame n."""
     wanted, out, n = set(indices), {}, -1
+    if container is not None:  # the scan's: it has read to the end
+        container.close()
     source = _Source(timeline)
     try:
         for packet in source.packets():
@@ -106,13 +109,13 @@ def _decode_counting(timeline: Timeline, indices, convert) -> dict:
     return out
 
 
-def _decode_by_time(timeline: Timeline, targets: list, convert) -> dict:
+def _decode_by_time(timeline: Timeline, targets: list, convert, container=None) -> dict:
     keys = timeline.keys
     shown, starts = set(timeline.pts.tolist()), set(keys.tolist())
     out = {}
     pos = 0  # targets[pos] is the first one not decoded yet
     avoid = set()  # keyframes whose start failed a check: never seek to them again
-    source = _Source(timeline)
+    source = _Source(timeline, container)
     try:
         while pos < len(targets):
             k = bisect_right(keys, targets[pos]) - 1

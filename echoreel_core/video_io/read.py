@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .decode import decode_frames
 from .frames import FrameConverter, kind_of, orientation_of
-from .timeline import Timeline, file_key, scan
+from .timeline import Timeline, file_key, is_webp, scan
 
 # every container the tests decode (tests/test_video_corpus.py); the node lists these
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".webp", ".3gp",
@@ -90,8 +90,18 @@ def _inspect(path: str):
             _cache.move_to_end(key)
             return _cache[key]
     try:
-        timeline = scan(path)
-        first = decode_frames(timeline, [0], lambda frame: frame).get(0)
+        import av
+
+        if is_webp(path):
+            timeline = scan(path)
+            first = decode_frames(timeline, [0], lambda frame: frame).get(0)
+        else:
+            container = av.open(path)
+            try:  # one opening for the scan and the first frame: opening probes, which costs
+                timeline = scan(path, container)
+                first = decode_frames(timeline, [0], lambda frame: frame, container).get(0)
+            finally:
+                container.close()
     except Exception as e:  # noqa: BLE001 - decoders raise many types; all mean "cannot read"
         raise VideoReadError(f"{path}: not a readable video: {_reason(e)} (a damaged or "
                              f"truncated file, or not a video)") from None

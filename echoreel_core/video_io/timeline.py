@@ -12,6 +12,7 @@ from the start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -75,15 +76,16 @@ def _declared_seconds(stream) -> float | None:
     return None
 
 
-def scan(path: str) -> Timeline:
-    """Demux every packet of the video stream once (no decoding) and build the Timeline."""
+def scan(path: str, container=None) -> Timeline:
+    """Demux every packet of the video stream once (no decoding) and build the Timeline.
+    `container`: one already open on the file, left open (at its end) for the caller."""
     import av
 
-    if _is_webp(path):
+    if is_webp(path):
         from .webp import scan_webp
 
         return scan_webp(path)
-    with av.open(path) as container:
+    with contextlib.nullcontext(container) if container is not None else av.open(path) as container:
         stream = video_stream(container)
         records, corrupt, failed, skipped = [], 0, False, 0  # corrupt: packets since the last good one
         try:
@@ -167,7 +169,7 @@ def _sample_aspect_ratio(stream) -> Fraction:
     return Fraction(1)
 
 
-def _is_webp(path: str) -> bool:
+def is_webp(path: str) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(12)
