@@ -236,25 +236,26 @@ def read_video_frames(path, num_frames=16, stride=4, start=0, size=None, resize_
     path = str(path)
     info, timeline, orient = _inspect(path)
     needs = start + (num_frames - 1) * stride + 1
-    request = f"{num_frames} frames with stride {stride} from frame {start}"
+    request = f"{num_frames} frames with stride {stride} from frame {start}" + (
+        " by time" if select == "time" else "")
     try:
         if select == "time":
             indices, repeated = time_indices(timeline, num_frames, stride, start)
         else:
             indices, repeated = frame_indices(info.frame_count, num_frames, stride, start)
     except VideoReadError as e:
-        repeated, indices = 1, None
-        message = str(e)
+        if not info.truncated:
+            raise VideoReadError(f"{path}: {e}") from None
+        indices, repeated = None, num_frames  # start lies past what a truncated file kept
     if info.truncated:
         of = f" of the {info.declared_frames} it declares" if info.declared_frames else ""
         if repeated:
             raise VideoReadError(
                 f"{path}: the file is truncated: only {info.frame_count} frames{of} are "
-                f"readable, too few for {request} (needs {needs})")
+                f"readable, too few for {request}"
+                + (f" (needs {needs})" if select == "index" else ""))
         warnings.warn(f"{path}: the file is truncated: {info.frame_count} frames{of} are "
                       f"readable; {request} lie within them", stacklevel=2)
-    if indices is None:
-        raise VideoReadError(f"{path}: {message}")
     h, w = (info.height, info.width) if size is None else (int(size[0]), int(size[1]))
     unique = sorted(set(indices))
     # float32 output + decoded frames at native size (float32 in the worst case, crop)
