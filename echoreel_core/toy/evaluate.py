@@ -14,6 +14,14 @@ per action and overall, as JSON, plus a GIF grid (reference | without | with) pe
 
     python -m echoreel_core.toy.evaluate --out toy_eval            # the shipped toy model
     python -m echoreel_core.toy.evaluate --pairs 3 --steps 10      # a quick look
+    python -m echoreel_core.toy.evaluate --library toy_library     # references found by retrieval
+
+With --library, each pair's reference is not the pair's own but the best clip of a toy library
+(echoreel_core/toy/library.py) for the target's caption naming its action ("a red circle
+zigzagging"), found by echoreel_core.library with the model's own text encoder; the target clip and
+the pair's own reference are never picked. The reference caption is the library's, the prompt the
+pair's (which names only the actions the base model knows), and every measure is taken against
+the reference used.
 """
 
 from __future__ import annotations
@@ -34,13 +42,14 @@ from ..checkpoints import load_video_model
 from ..data import load_entries
 from ..echoreel.features import Reference, action_features, encode_reference
 from ..echoreel.weights import EchoReel, load_echoreel
+from ..library import LEXICAL_WEIGHT, Searcher, TextEmbedder, update_index
 from ..models.video_model import VideoModel
 from ..pipeline import EchoReelGuidance, SamplingSettings, decode_to_frames, generate_latents
 from ..threads import add_threads_argument, configure_threads
 from ..video_io import frames_to_model_input, read_video_frames, write_video
 from . import metrics
 from .models import SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_MODEL_FILE, shipped
-from .world import World, write_dataset
+from .world import World, caption, write_dataset
 
 log = logging.getLogger("echoreel.toy.evaluate")
 
@@ -74,6 +83,39 @@ class PairResult:
     without: Outcome
     with_echoreel: Outcome
     round_trip: Outcome  # the reference through the VAE and back: the ceiling the VAE allows
+    reference_video: str = ""  # the reference used (a library clip with --library)
+    reference_action: str = ""  # that clip's action (the pair's own with hand-picked references)
+
+
+@dataclass(frozen=True)
+class PickedReference:
+    """A reference chosen for a pair instead of its own: the file, its caption, its clip fields."""
+
+    path: Path
+    caption: str
+    clip: dict  # ClipSpec fields (action, colour, shape, ...)
+    score: float
+
+
+class LibraryPicker:
+    """Picks each pair's reference from a toy library by caption retrieval (module docstring).
+    The library is indexed (incrementally) with the model's own text encoder."""
+
+    def __init__(self, model: VideoModel, folder: str | Path, lexical_weight: float = LEXICAL_WEIGHT):
+        embedder = TextEmbedder(model.text_encoder, model.tokenizer)
+        index, report = update_index(folder, embedder)
+        log.info("library %s: %s", folder, report.summary())
+        self.searcher = Searcher(index, embedder, lexical_weight)
+
+    def __call__(self, extra: dict) -> PickedReference:
+        target, own = extra["target_clip"], extra["reference_clip"]
+        query = caption(target["colour"], target["shape"], target["action"])
+        hits = self.searcher.search(query, 1, exclude=lambda e: e.extra.get("clip") in (target, own))
+        if not hits:
+            raise ValueError(f"the library {self.searcher.index.folder} has no clip for {query!r}")
+        hit = hits[0]
+        return PickedReference(self.searcher.index.folder / hit.entry.video, hit.entry.caption,
+                               hit.entry.extra.get("clip", {}), hit.score)
 
 
 def _outcome(frames: torch.Tensor, reference_track: metrics.Track, world: World) -> Outcome:
@@ -101,21 +143,24 @@ def without_and_with(model: VideoModel, echoreel: EchoReel, prompt: str, referen
 
 
 def evaluate_pair(model: VideoModel, echoreel: EchoReel, entry, extra: dict, settings: EvalSettings, index: int,
-                  world: World):
-    """Sample one pair both ways; returns its PairResult and the (reference, without, with) frames."""
-    reference, _, _ = read_video_frames(entry.reference, num_frames=world.frames, stride=world.stride,
+                  world: World, picked: PickedReference | None = None):
+    """Sample one pair both ways; returns its PairResult and the (reference, without, with) frames.
+    `picked`: a reference to use instead of the pair's own (its caption too)."""
+    path, reference_caption = (entry.reference, entry.caption) if picked is None else (picked.path, picked.caption)
+    reference, _, _ = read_video_frames(path, num_frames=world.frames, stride=world.stride,
                                         size=(world.height, world.width))  # (t, H, W, 3)
     sampling = SamplingSettings(height=world.height, width=world.width, frames=world.frames, fps=model.preset.fps,
                                 steps=settings.steps, cfg=settings.cfg, seed=settings.seed + index)
     latents = encode_reference(model.vae, frames_to_model_input(reference), torch.Generator().manual_seed(index))
-    without, with_echoreel = without_and_with(model, echoreel, entry.prompt, latents, entry.caption, sampling,
+    without, with_echoreel = without_and_with(model, echoreel, entry.prompt, latents, reference_caption, sampling,
                                               settings.strength)
     ref_track = metrics.track(reference, colours=world.colours, shapes=world.shapes)
-    target, source = extra["target_clip"], extra["reference_clip"]
+    target, source = extra["target_clip"], (extra["reference_clip"] if picked is None else picked.clip)
     result = PairResult(
-        extra["action"], entry.prompt, entry.caption, (target["colour"], target["shape"]),
+        extra["action"], entry.prompt, reference_caption, (target["colour"], target["shape"]),
         (source["colour"], source["shape"]), _outcome(without, ref_track, world),
         _outcome(with_echoreel, ref_track, world), _outcome(decode_to_frames(model, latents), ref_track, world),
+        str(path), source.get("action", extra["action"]),
     )
     return result, (reference, without, with_echoreel)
 
@@ -127,7 +172,7 @@ def _share(flags: list[bool]) -> float:
 def figures(rows: list[PairResult]) -> dict:
     """Means over pairs; leakage counts only videos with an object (toy-world.md), split into the
     colour and the shape that follow the reference, next to how often the prompt's were drawn."""
-    out = {"pairs": len(rows)}
+    out = {"pairs": len(rows), "reference_of_the_action": _share([r.reference_action == r.action for r in rows])}
     for way in ("without", "with_echoreel", "round_trip"):
         outcomes = [(getattr(r, way), r) for r in rows]
         judged = [(o, r) for o, r in outcomes if o.colour is not None]
@@ -152,9 +197,11 @@ def summarise(results: list[PairResult]) -> dict:
 
 
 def evaluate(model: VideoModel, echoreel: EchoReel, data_json: str | Path, settings: EvalSettings = EvalSettings(),
-             pairs: int | None = None, out_dir: str | Path | None = None, grids: int = 6) -> dict:
+             pairs: int | None = None, out_dir: str | Path | None = None, grids: int = 6,
+             picker: Callable[[dict], PickedReference] | None = None) -> dict:
     """Evaluate on the first `pairs` entries of an "eval" dataset (toy.world); writes report.json
-    and the first `grids` GIF grids into out_dir when given."""
+    and the first `grids` GIF grids into out_dir when given. `picker(entry's JSON object)` chooses
+    each pair's reference instead of the pair's own (LibraryPicker)."""
     entries, skips = load_entries(data_json)
     if skips:
         raise ValueError(f"{data_json}: {len(skips)} unusable entries, e.g. {skips[0].message()}")
@@ -168,14 +215,16 @@ def evaluate(model: VideoModel, echoreel: EchoReel, data_json: str | Path, setti
     results = []
     for i in chosen:
         started = time.perf_counter()
-        result, videos = evaluate_pair(model, echoreel, entries[i], extras[i], settings, i, world)
+        picked = picker(extras[i]) if picker is not None else None
+        result, videos = evaluate_pair(model, echoreel, entries[i], extras[i], settings, i, world, picked)
         results.append(result)
         log.info("%d/%d %s: cosine without %.3f with %.3f (%.1f s)", i + 1, len(chosen), result.action,
                  result.without.cosine, result.with_echoreel.cosine, time.perf_counter() - started)
         if out is not None and i < grids:
             write_video(out / f"grid_{i:02d}_{result.action}.gif", metrics.grid(*videos), fps=world.fps)
     report = summarise(results)
-    report["settings"] = {**settings.__dict__, "data": str(data_json)}
+    report["settings"] = {**settings.__dict__, "data": str(data_json),
+                          "references": "retrieved" if picker is not None else "the pairs' own"}
     report["pairs"] = [asdict(r) for r in results]
     if out is not None:
         (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -195,6 +244,10 @@ def format_report(report: dict) -> str:
             f"  {w['content_leakage']:>4.0%} / {e['content_leakage']:<4.0%} ({e['colour_leakage']:.0%}, "
             f"{e['shape_leakage']:.0%})        {w['detection_rate']:>5.1%} / {e['detection_rate']:<6.1%}"
             f" {w['prompt_object']:>4.0%} / {e['prompt_object']:<4.0%}    | {f['round_trip']['motion_fidelity']:.3f}")
+    overall = report["overall"]
+    if report.get("settings", {}).get("references") == "retrieved":
+        lines.append(f"references retrieved from a library: {overall['reference_of_the_action']:.0%} of them show the "
+                     f"pair's action")
     return "\n".join(lines)
 
 
@@ -217,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg", type=float, default=EvalSettings.cfg)
     parser.add_argument("--strength", type=float, default=EvalSettings.strength)
     parser.add_argument("--out", help="folder for report.json and GIF grids")
+    parser.add_argument("--library", help="a toy library (python -m echoreel_core.toy.library): pick each pair's "
+                                          "reference from it by retrieval instead of using the pair's own")
     add_threads_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -226,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = EvalSettings(args.steps, args.cfg, strength=args.strength)
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or write_dataset(tmp, "eval", args.pairs or 60, seed=0)
-        report = evaluate(model, echoreel, data, settings, args.pairs, args.out)
+        picker = LibraryPicker(model, args.library) if args.library else None
+        report = evaluate(model, echoreel, data, settings, args.pairs, args.out, picker=picker)
     print(format_report(report))
     return 0
 
