@@ -7,13 +7,14 @@ from comfy_api.latest import ComfyExtension, io
 from . import runtime
 from .conditioning import VideoCrafterTextEncode
 from .echoreel_nodes import ActionPrismEncode, ApplyEchoReel
+from .library import FindReferenceVideo
 from .loaders import LoadEchoReel, LoadVideoCrafterCheckpoint
 from .sampler import LongVideoSampler, VideoCrafterSampler
 from .video import LoadReferenceVideo
 
 NODES: list[type[io.ComfyNode]] = [
     LoadVideoCrafterCheckpoint, LoadEchoReel, LoadReferenceVideo, VideoCrafterTextEncode,
-    ActionPrismEncode, ApplyEchoReel, VideoCrafterSampler, LongVideoSampler,
+    ActionPrismEncode, ApplyEchoReel, VideoCrafterSampler, LongVideoSampler, FindReferenceVideo,
 ]
 
 

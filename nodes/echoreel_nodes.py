@@ -24,6 +24,19 @@ def text_context(conditioning, what: str) -> torch.Tensor:
     return conditioning[0][0]
 
 
+def reference_clips(reference: torch.Tensor, reference_caption) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(frames, caption context) per reference clip: one clip, or, when reference_caption holds k
+    entries (Find Reference Video's several clips, or captions joined by Conditioning Combine), the
+    frames split into k clips of equal length, in order."""
+    k = len(reference_caption)
+    if k == 1:
+        return [(reference, text_context(reference_caption, "reference_caption"))]
+    if k == 0 or reference.shape[0] % k:
+        raise ValueError(f"reference_caption has {k} entries, one per reference clip, but the {reference.shape[0]} "
+                         f"reference frames do not split into {k} clips of equal length")
+    return list(zip(reference.chunk(k), (entry[0] for entry in reference_caption)))
+
+
 class ActionPrismEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -31,12 +44,14 @@ class ActionPrismEncode(io.ComfyNode):
             "EchoReel_ActionPrismEncode", "Action Prism Encode", "EchoReel",
             "Runs the Action Prism once on a reference video: its clean VAE latents plus the reference caption and "
             "the prompt give the action features (both guidance branches). Connect `add_to` to combine several "
-            "reference videos.",
+            "reference videos, or give several clips at once: reference frames of k equal clips with k caption entries "
+            "(Find Reference Video with count k).",
             inputs=[
                 echoreel_input(),
                 vae_input("The checkpoint's VAE, to encode the reference frames."),
                 io.Image.Input("reference", tooltip="Reference frames from Load Reference Video, at the EchoReel model's size."),
-                io.Conditioning.Input("reference_caption", tooltip="The reference video's caption, encoded with VideoCrafter Text Encode."),
+                io.Conditioning.Input("reference_caption", tooltip="The reference video's caption, encoded with VideoCrafter Text Encode; "
+                                      "k entries (Find Reference Video) split the frames into k reference clips."),
                 io.Conditioning.Input("positive", tooltip="The prompt of the video to generate."),
                 io.Conditioning.Input("negative", tooltip="The negative (or empty) prompt: the unconditional branch keeps the same reference, as official."),
                 seed_input(0, "Seed of the VAE posterior sample of the reference latents."),
@@ -61,17 +76,20 @@ class ActionPrismEncode(io.ComfyNode):
                 f"the reference frames are {reference.shape[2]}x{reference.shape[1]} but these EchoReel weights need "
                 f"{size[1]}x{size[0]} (width x height): set that size in Load Reference Video"
             )
+        clips = reference_clips(reference, reference_caption)
         runtime.load_to_device(echoreel)
         device = echoreel.load_device
         autoencoder = core_vae(vae).to(device)
         generator = torch.Generator("cpu").manual_seed(seed)
-        with torch.no_grad():
-            latents = encode_reference(autoencoder, frames_to_model_input(reference), generator,
-                                       check_option("posterior", posterior, POSTERIOR) != "mean")
-        caption = text_context(reference_caption, "reference_caption").to(device)
+        sample = check_option("posterior", posterior, POSTERIOR) != "mean"
+        references = []
+        for frames, caption in clips:
+            with torch.no_grad():
+                latents = encode_reference(autoencoder, frames_to_model_input(frames), generator, sample)
+            references.append(Reference(latents.to(device), caption.to(device)))
         features = action_features(
             weights, text_context(positive, "positive").to(device), text_context(negative, "negative").to(device),
-            [Reference(latents.to(device), caption)],
+            references,
         )
         features = ActionFeatures(features.cond.cpu(), features.uncond.cpu(), features.frames_per_reference)
         if add_to is not None:
