@@ -13,7 +13,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from comfyui_env import LVDM_ECHOREEL_FILE
 from comfyui_server import API_EXAMPLES, EXAMPLES, PACK_DIR, api_copy, load, messages, serve, ui_examples
@@ -180,32 +180,51 @@ def test_api_workflow_runs_to_an_mp4_at_the_samplers_fps(server, ui_path):
         assert video.frames.std() > 0
 
 
+def lossless(prompt: dict, sampler: str, probe: str) -> dict:
+    """The prompt plus a lossless WEBP of the sampler's frames (IMAGE, output 0): exact frames,
+    for comparisons that must be exact."""
+    prompt = copy.deepcopy(prompt)
+    prompt[probe] = {"class_type": "SaveAnimatedWEBP", "inputs": {
+        "images": [sampler, 0], "filename_prefix": f"probe_{probe}", "fps": 8.0, "lossless": True, "quality": 100, "method": "default"}}
+    return prompt
+
+
+def webp_frames(server, entry: dict, node_id: str) -> np.ndarray:
+    _, data = server.output_file(entry, node_id)
+    with Image.open(io.BytesIO(data)) as webp:
+        return np.stack([np.array(frame.convert("RGB")) for frame in ImageSequence.Iterator(webp)])
+
+
 def test_interrupt_leaves_nothing_behind(server):
     """Cancel mid-sampling, queue again: the result equals an uninterrupted run, and the same
-    (cached) model then samples exactly as a fresh one that never had EchoReel."""
+    (cached) model then samples exactly as a fresh one that never had EchoReel. Frames are compared
+    losslessly: the mp4s of identical frames differed in runs on a loaded machine (up to 40/255
+    after decoding), so an mp4 cannot tell equal frames apart from unequal ones."""
     base = example("EchoReel with and without")
     with_sampler, without_sampler = by_title(base, "Sampler — with EchoReel"), by_title(base, "Sampler — without EchoReel")
     save_with, save_without = by_title(base, "Save Video — with EchoReel"), by_title(base, "Save Video — without EchoReel")
     loaders = {by_title(base, t) for t in ("Load VideoCrafter Checkpoint", "Prompt", "Negative prompt")}
     slow = {"EchoReel_VideoCrafterSampler": {"steps": 8}}
-    echo_only = {k: v for k, v in quick(base, **slow).items() if k not in (without_sampler, save_without)}
+    echo_only = lossless({k: v for k, v in quick(base, **slow).items() if k not in (without_sampler, save_without)},
+                         with_sampler, "probe")
     interrupted = server.wait(server.queue_and_interrupt_while_sampling(echo_only, steps=8))
     assert interrupted["status"]["status_str"] == "error"
     assert "execution_interrupted" in messages(interrupted)
 
-    again = server.video(server.run(echo_only), save_with).frames
+    again = webp_frames(server, server.run(echo_only), "probe")
     # the same graph on fresh objects (fp32 is auto's choice on a CPU, so only the cache key differs)
     fresh = quick(base, **slow, EchoReel_LoadVideoCrafterCheckpoint={"dtype": "fp32"})
-    fresh_entry = server.run({k: v for k, v in fresh.items() if k not in (without_sampler, save_without)})
-    assert np.array_equal(again, server.video(fresh_entry, save_with).frames)
+    fresh_echo = lossless({k: v for k, v in fresh.items() if k not in (without_sampler, save_without)}, with_sampler, "probe")
+    assert np.array_equal(again, webp_frames(server, server.run(fresh_echo), "probe"))
 
     # the model that was interrupted while EchoReel was attached, now without EchoReel...
     keep = loaders | {without_sampler, save_without}
-    cached_model = server.video(server.run({k: v for k, v in quick(base, **slow).items() if k in keep}), save_without).frames
+    cached = lossless({k: v for k, v in quick(base, **slow).items() if k in keep}, without_sampler, "probe2")
+    cached_model = webp_frames(server, server.run(cached), "probe2")
     # ...equals a model that never saw EchoReel
-    never = {k: v for k, v in fresh.items() if k in keep}
+    never = lossless({k: v for k, v in fresh.items() if k in keep}, without_sampler, "probe3")
     never[save_without]["inputs"]["filename_prefix"] = "never"
-    assert np.array_equal(cached_model, server.video(server.run(never), save_without).frames)
+    assert np.array_equal(cached_model, webp_frames(server, server.run(never), "probe3"))
 
 
 def test_bad_inputs_fail_clearly_and_the_server_keeps_serving(server):
@@ -228,10 +247,6 @@ def test_bad_inputs_fail_clearly_and_the_server_keeps_serving(server):
 
 
 def test_side_by_side_videos_differ(server):
-    # Last: when this second run of the graph (a new seed) came before the interrupt test, that
-    # test found the cached toy model sampling up to 40/255 away from a fresh load of the same file
-    # (and, with the fresh load under a second file name, 27/255). Not understood yet (reported);
-    # the interrupt test runs after the same runs as before this graph existed.
     prompt = example("EchoReel with and without")
     entry = server.run(quick(prompt, EchoReel_VideoCrafterSampler={"seed": 7}))  # not the cached run above
     with_echoreel = server.video(entry, by_title(prompt, "Save Video — with EchoReel")).frames
