@@ -99,7 +99,9 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
 def test_every_node_is_registered(server):
     info = server.get("/object_info")
     ours = {k: v for k, v in info.items() if k.startswith("EchoReel_")}
-    assert len(ours) == 8
+    assert {"EchoReel_LoadVideoCrafterCheckpoint", "EchoReel_LoadEchoReel", "EchoReel_LoadReferenceVideo", "EchoReel_TextEncode",
+            "EchoReel_ActionPrismEncode", "EchoReel_ApplyEchoReel", "EchoReel_VideoCrafterSampler",
+            "EchoReel_LongVideoSampler"} <= set(ours)
     # the shipped toy model is listed and its reference video was put into the input folder
     assert "videocrafter2_toy.safetensors" in json.dumps(info["EchoReel_LoadVideoCrafterCheckpoint"]["input"]["required"]["ckpt_name"])
     assert (server.base / "input" / "toy_reference.mp4").is_file()
