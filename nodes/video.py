@@ -14,6 +14,7 @@ from . import runtime
 from .common import check_option, schema
 
 RESIZE_MODES = ["squash (official)", "crop"]
+SELECT = ["by frame index (official)", "by time"]
 
 
 def input_videos() -> list[str]:
@@ -55,11 +56,18 @@ class LoadReferenceVideo(io.ComfyNode):
                                tooltip="A video in ComfyUI's input folder (upload one here); ignored when source_video is connected."),
                 io.Video.Input("source_video", optional=True,
                                tooltip="A native VIDEO (core Load Video, or any node that gives one): used instead of the file."),
+                # optional and last: saved workflows keep their widget values in place
+                io.Combo.Input("select", options=SELECT, default=SELECT[0], optional=True,
+                               tooltip="by frame index: frames start, start+stride, ... as the official loader. by time: the "
+                                       "frames on screen at start/fps, (start+stride)/fps, ... seconds at the video's average "
+                                       "frame rate; differs only for variable-frame-rate files (phones, screen recordings)."),
             ],
             outputs=[
                 io.Image.Output("selected_frames", display_name="frames", tooltip="The selected frames, (t, h, w, 3) in 0..1."),
                 io.Int.Output("frame_count", display_name="frame_count", tooltip="How many frames were output."),
-                io.Float.Output("fps", display_name="fps", tooltip="The video's own frame rate."),
+                io.Float.Output("fps", display_name="fps",
+                                tooltip="The video's average frame rate: (frames - 1) over the time from the first to the "
+                                        "last frame, the container's exact rate when they agree."),
             ],
             aliases=["load video", "motion reference"],
         )
@@ -80,14 +88,16 @@ class LoadReferenceVideo(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, frames, stride, start, width, height, resize, video, source_video=None) -> io.NodeOutput:
+    def execute(cls, frames, stride, start, width, height, resize, video, source_video=None,
+                select=SELECT[0]) -> io.NodeOutput:
         mode = "squash" if check_option("resize", resize, RESIZE_MODES).startswith("squash") else "crop"
+        by = "time" if check_option("select", select, SELECT).startswith("by time") else "index"
         path = file_of(source_video) if source_video is not None else runtime.input_file(video)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if path is not None:
                 pixels, info, _ = read_video_frames(path, num_frames=frames, stride=stride, start=start,
-                                                    size=(height, width), resize_mode=mode)
+                                                    size=(height, width), resize_mode=mode, select=by)
                 fps = float(info.fps)
             else:  # a VIDEO made in memory: its frames are already decoded
                 components = source_video.get_components()

@@ -1,5 +1,9 @@
+"""`python -m echoreel_core.library index|search|pairs`: see cli.py. Guarded, so importing every
+module of the core (the no-comfy check does) runs nothing."""
+
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
