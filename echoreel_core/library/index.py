@@ -3,8 +3,8 @@
 `<library>/echoreel_index.safetensors` (written only through files.atomic_write, so a reader sees
 the previous index or the new one whole) holds
     tensors: `embeddings` (N, d) float32, one pooled normalised caption embedding per clip (embed.py);
-        `signatures` (N, 768) float16 (probe.py); the BM25 postings `lexical_offsets`,
-        `lexical_doc`, `lexical_tf`, `lexical_length` (lexical.py);
+        `signatures` (N, 768) int8, 127 times the unit picture signature (probe.py); the BM25
+        postings `lexical_offsets`, `lexical_doc`, `lexical_tf`, `lexical_length` (lexical.py);
     metadata `index`: JSON with the format version, the encoder that made the embeddings
         (family, width, dim, fingerprint), one record per indexed clip (video path relative to the
         library, caption, source, extras from the caption file, the video's size and mtime, frame
@@ -13,7 +13,8 @@ the previous index or the new one whole) holds
         unreadable file is not decoded again, but counted again).
 
 `update_index` is incremental: a clip whose video (size, mtime) and caption are unchanged keeps
-its row; a changed caption is embedded again; a new or changed video is probed. Clips are done in
+its row; a changed caption is embedded again; a new or changed video is probed; an index that
+did not change is not written again. Clips are done in
 batches and the index is saved every `save_every` seconds and at the end, so an interrupted run
 (Ctrl-C included: it saves what is done, then stops) keeps its work and the next run continues.
 An index made by another text encoder is refused (IndexMismatchError) unless `rebuild=True`.
@@ -112,7 +113,7 @@ def save_index(index: Index) -> Path:
     p = index.postings
     tensors = {
         "embeddings": index.embeddings.float().contiguous(),
-        "signatures": index.signatures.half().contiguous(),
+        "signatures": (index.signatures * 127).round().clamp(-127, 127).to(torch.int8).contiguous(),
         "lexical_offsets": p.offsets.contiguous(),
         "lexical_doc": p.doc.contiguous(),
         "lexical_tf": p.tf.contiguous(),
@@ -149,7 +150,7 @@ def load_index(folder: str | Path) -> Index:
     postings = lexical.Postings(meta["vocabulary"], tensors["lexical_offsets"], tensors["lexical_doc"],
                                 tensors["lexical_tf"], tensors["lexical_length"])
     return Index(folder, EncoderInfo(**meta["encoder"]), entries, tensors["embeddings"].float(),
-                 tensors["signatures"].float(), meta.get("unreadable", {}), postings)
+                 tensors["signatures"].float() / 127, meta.get("unreadable", {}), postings)
 
 
 @dataclass
@@ -204,8 +205,9 @@ def update_index(folder: str | Path, embedder: TextEmbedder, *, rebuild: bool = 
     unreadable: dict[str, dict] = {}
     to_probe: list[tuple[Clip, tuple[int, int]]] = []
     to_embed: list[tuple[Clip, Entry, torch.Tensor]] = []  # facts known, caption new
+    top = str(folder)
     for clip in clips:
-        stat = _stat(folder / clip.video)
+        stat = _stat(os.path.join(top, clip.video))
         i = rows.get(clip.video)
         if i is not None and (old.entries[i].size, old.entries[i].mtime_ns) == stat:
             e = old.entries[i]
@@ -225,6 +227,10 @@ def update_index(folder: str | Path, embedder: TextEmbedder, *, rebuild: bool = 
         to_probe.append((clip, stat))
     present = {c.video for c in clips}
     report.removed = sum(1 for v in rows if v not in present)
+    if (old is not None and not to_probe and not to_embed and not report.removed and unreadable == old.unreadable
+            and all(done[e.video][0] == e for e in old.entries)):
+        report.indexed, report.unreadable = len(old), len(unreadable)
+        return old, report  # nothing changed: the file stays as it is
 
     order = {c.video: n for n, c in enumerate(clips)}
 
@@ -286,11 +292,18 @@ def update_index(folder: str | Path, embedder: TextEmbedder, *, rebuild: bool = 
         report.indexed = len(index)
         report.unreadable = len(unreadable)
         raise InterruptedIndexing(index, report) from None
-    if save:
+    if save and not _same(old, index):
         save_index(index)
     report.indexed = len(index)
     report.unreadable = len(unreadable)
     return index, report
+
+
+def _same(old: Index | None, new: Index) -> bool:
+    """Whether `new` holds what the file of `old` holds (then it is not written again, so that its
+    modification time says when the library last changed)."""
+    return (old is not None and old.encoder == new.encoder and old.unreadable == new.unreadable
+            and old.entries == new.entries and torch.equal(old.embeddings, new.embeddings))
 
 
 class InterruptedIndexing(KeyboardInterrupt):

@@ -35,6 +35,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -57,6 +58,7 @@ you i me him us while who whom which what when where why how all any some each o
 _WORD = re.compile(r"[^\W_]+(?:['\u2019\-][^\W_]+)*")
 
 
+@lru_cache(maxsize=1 << 16)
 def stem(word: str) -> str:
     """A light suffix stripper: -ies -> y, plural -s (not -ss, -us, -is), -ing and -ed (a doubled
     final consonant then halved: zigzagging -> zigzag), a final silent -e (move, moving, moves ->
@@ -81,9 +83,10 @@ def stem(word: str) -> str:
 def _pieces(token: str) -> list[str]:
     """The stemmed pieces of one token: one for a word, several for a hyphenated compound; none
     for a function word standing alone."""
-    token = re.sub(r"['\u2019]s$", "", token)
-    token = re.sub(r"['\u2019]", "", token)
-    pieces = [p for p in token.split("-") if p]
+    if "'" in token or "\u2019" in token:
+        token = re.sub(r"['\u2019]s$", "", token)
+        token = re.sub(r"['\u2019]", "", token)
+    pieces = [p for p in token.split("-") if p] if "-" in token else [token]
     if len(pieces) == 1 and pieces[0] in STOPWORDS:
         return []
     return [stem(p) for p in pieces]
@@ -100,7 +103,12 @@ def tokens(text: str) -> list[list[str]]:
 
 def words(text: str) -> list[str]:
     """A caption's index words, in order; a compound is one word ("up-left")."""
-    return ["-".join(p) for p in tokens(text)]
+    return list(_words(text))
+
+
+@lru_cache(maxsize=1 << 16)
+def _words(text: str) -> tuple[str, ...]:  # libraries repeat captions; indexing reads them all again
+    return tuple("-".join(p) for p in tokens(text))
 
 
 def action_start(raw: list[str]) -> int:

@@ -63,14 +63,14 @@ def _first(item: dict, keys) -> str | None:
     return None
 
 
-def _relative(folder: Path, base: Path, name: str) -> str | None:
-    """`name` (relative to `base`) as a path relative to `folder`, or None when it leaves it."""
-    path = Path(os.path.normpath(base / name))
-    try:
-        rel = path.relative_to(folder)
-    except ValueError:
+def _relative(folder: str, base: str, name: str) -> str | None:
+    """`name` (relative to the folder `base`) as a path relative to `folder`, with / separators,
+    or None when it leaves it. Plain strings: a library can name a hundred thousand videos."""
+    path = os.path.normpath(os.path.join(base, name))
+    if not path.startswith(folder + os.sep):
         return None
-    return PurePosixPath(rel).as_posix()
+    rel = path[len(folder) + 1:]
+    return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
 
 def is_video(name: str) -> bool:
@@ -118,11 +118,11 @@ def caption_files(folder: Path) -> list[Path]:
 def video_files(folder: Path) -> list[str]:
     """Every video under `folder` (relative posix paths), hidden files and folders skipped."""
     out = []
-    for root, dirs, files in os.walk(folder):
+    top = str(folder)
+    for root, dirs, files in os.walk(top):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if is_video(name) and not name.startswith("."):
-                out.append(PurePosixPath(Path(root, name).relative_to(folder)).as_posix())
+        prefix = "" if root == top else root[len(top) + 1:].replace(os.sep, "/") + "/"
+        out += [prefix + name for name in sorted(files) if is_video(name) and not name.startswith(".")]
     return out
 
 
@@ -145,6 +145,7 @@ def scan(folder: str | Path) -> tuple[list[Clip], list[Problem]]:
             return
         clips[video] = Clip(video, caption, source, extra)
 
+    on_disk = set(video_files(folder))
     for path in caption_files(folder):
         records = _records(path)
         if isinstance(records, str):
@@ -162,17 +163,17 @@ def scan(folder: str | Path) -> tuple[list[Clip], list[Problem]]:
                 if not isinstance(name, str) or not name.strip():
                     problems.append(Problem("bad caption file", where, f"the video path is not a path ({name!r})"))
                     continue
-                video = _relative(folder, path.parent, name.strip())
+                video = _relative(str(folder), str(path.parent), name.strip())
                 if video is None:
                     problems.append(Problem("outside the library", where, f"{name} is outside the library folder"))
                 elif not is_video(video):
                     problems.append(Problem("not a video", where, f"{name} is not a video file ({', '.join(VIDEO_EXTENSIONS)})"))
-                elif not (folder / video).is_file():
+                elif video not in on_disk and not (folder / video).is_file():
                     problems.append(Problem("missing video", where, f"{name}: no such file"))
                 else:
                     named.add(video)
                     add(video, caption, source, extra, where)
-    for video in video_files(folder):
+    for video in sorted(on_disk):
         if video in named:
             continue
         sidecar = (folder / video).with_suffix(".txt")
