@@ -157,13 +157,19 @@ class FindReferenceVideo(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, library, **kwargs):
-        """Changes when the library's index, caption files or top-level contents change."""
+        """Changes when the library's index or caption files change, or a file is added to or removed
+        from any of its folders (their modification times; a video rewritten in place under the
+        same name is seen by the next run that has another reason to run)."""
         try:
             folder = library_path(library)
         except (ValueError, FileNotFoundError):
             return float("nan")
         h = hashlib.blake2b(digest_size=16)
-        for path in [folder, os.path.join(folder, INDEX_FILE)] + [str(p) for p in caption_files(Path(folder))]:
+        paths = [os.path.join(folder, INDEX_FILE)] + [str(p) for p in caption_files(Path(folder))]
+        for root, dirs, _ in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            paths.append(root)
+        for path in paths:
             if os.path.exists(path):
                 h.update(f"{path}:{os.stat(path).st_mtime_ns}".encode())
         return h.hexdigest()
