@@ -69,14 +69,15 @@ def quick(prompt: dict, **overrides) -> dict:
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
     """What the frontend's 'Export (API)' does: links become [node, slot], widget values are matched
     to the widget inputs of /object_info in order (a seed's control widget and an upload button
-    each add one saved value); a Note is the frontend's own and is left out."""
+    each add one saved value, the button's after all the node's widgets); a Note is the frontend's own
+    and is left out."""
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
         if node["type"] == "Note":
             continue
         info = object_info[node["type"]]["input"]
-        inputs, values = {}, list(node["widgets_values"])
+        inputs, values, uploads = {}, list(node["widgets_values"]), 0
         for name, spec in [(k, v) for group in ("required", "optional") for k, v in info.get(group, {}).items()]:
             kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
             # V1 nodes list combos as ([...], {}); V3 nodes as ("COMBO", {"options": [...]})
@@ -84,13 +85,13 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 inputs[name] = values.pop(0)
                 if options.get("control_after_generate"):
                     assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
-                if options.get("image_upload") or options.get("video_upload"):
-                    values.pop(0)
+                uploads += bool(options.get("image_upload") or options.get("video_upload"))
             else:
                 socket = next((i for i in node["inputs"] if i["name"] == name), None)
                 if socket is not None and socket["link"] is not None:
                     link = links[socket["link"]]
                     inputs[name] = [str(link[1]), link[2]]
+        del values[:uploads]  # the upload button's saved value comes after every input's widget
         assert not values, f"{node['type']}: {len(values)} widget values left over"
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
