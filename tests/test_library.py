@@ -312,3 +312,7 @@ def test_the_evaluation_picks_references_by_retrieval_never_the_target(library, 
     picked = picker({"target_clip": target.extra["clip"], "reference_clip": own.extra["clip"]})
     assert picked.clip["action"] == "shrink" and picked.clip not in (target.extra["clip"], own.extra["clip"])
     assert picked.path.is_file() and picked.caption.endswith("shrinking")
+    other = LibraryPicker(model, folder, other_objects=True)({"target_clip": target.extra["clip"],
+                                                              "reference_clip": own.extra["clip"]})
+    assert other.clip["action"] == "shrink"
+    assert other.clip["colour"] != target.extra["clip"]["colour"] and other.clip["shape"] != target.extra["clip"]["shape"]

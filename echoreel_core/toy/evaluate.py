@@ -19,9 +19,10 @@ per action and overall, as JSON, plus a GIF grid (reference | without | with) pe
 With --library, each pair's reference is not the pair's own but the best clip of a toy library
 (echoreel_core/toy/library.py) for the target's caption naming its action ("a red circle
 zigzagging"), found by echoreel_core.library with the model's own text encoder; the target clip and
-the pair's own reference are never picked. The reference caption is the library's, the prompt the
-pair's (which names only the actions the base model knows), and every measure is taken against
-the reference used.
+the pair's own reference are never picked (with --other-objects, neither is a clip that shares the
+prompt's colour or shape, as the pairs' own references never do). The reference caption is the
+library's, the prompt the pair's (which names only the actions the base model knows), and every
+measure is taken against the reference used.
 """
 
 from __future__ import annotations
@@ -101,16 +102,24 @@ class LibraryPicker:
     """Picks each pair's reference from a toy library by caption retrieval (module docstring).
     The library is indexed (incrementally) with the model's own text encoder."""
 
-    def __init__(self, model: VideoModel, folder: str | Path, lexical_weight: float = LEXICAL_WEIGHT):
+    def __init__(self, model: VideoModel, folder: str | Path, lexical_weight: float = LEXICAL_WEIGHT,
+                 other_objects: bool = False):
         embedder = TextEmbedder(model.text_encoder, model.tokenizer)
         index, report = update_index(folder, embedder)
         log.info("library %s: %s", folder, report.summary())
         self.searcher = Searcher(index, embedder, lexical_weight)
+        self.other_objects = other_objects  # only clips whose colour and shape both differ from the prompt's
 
     def __call__(self, extra: dict) -> PickedReference:
         target, own = extra["target_clip"], extra["reference_clip"]
         query = caption(target["colour"], target["shape"], target["action"])
-        hits = self.searcher.search(query, 1, exclude=lambda e: e.extra.get("clip") in (target, own))
+
+        def exclude(entry) -> bool:
+            clip = entry.extra.get("clip") or {}
+            same_object = clip.get("colour") == target["colour"] or clip.get("shape") == target["shape"]
+            return clip in (target, own) or (self.other_objects and same_object)
+
+        hits = self.searcher.search(query, 1, exclude=exclude)
         if not hits:
             raise ValueError(f"the library {self.searcher.index.folder} has no clip for {query!r}")
         hit = hits[0]
@@ -272,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="folder for report.json and GIF grids")
     parser.add_argument("--library", help="a toy library (python -m echoreel_core.toy.library): pick each pair's "
                                           "reference from it by retrieval instead of using the pair's own")
+    parser.add_argument("--other-objects", action="store_true",
+                        help="with --library: only clips whose colour and shape both differ from the prompt's, as "
+                             "the pairs' own references do")
     add_threads_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -281,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = EvalSettings(args.steps, args.cfg, strength=args.strength)
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or write_dataset(tmp, "eval", args.pairs or 60, seed=0)
-        picker = LibraryPicker(model, args.library) if args.library else None
+        picker = LibraryPicker(model, args.library, other_objects=args.other_objects) if args.library else None
         report = evaluate(model, echoreel, data, settings, args.pairs, args.out, picker=picker)
     print(format_report(report))
     return 0
