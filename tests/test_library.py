@@ -88,7 +88,7 @@ def test_a_prompt_finds_a_clip_of_its_action_first(library, embedder):
         found[action] += hit.entry.extra["action"] == action
     rate = sum(found.values()) / len(queries)
     held_out = sum(found[a] for a in DEFAULT_SPLIT.held_out) / (QUERIES_PER_ACTION * len(DEFAULT_SPLIT.held_out))
-    print(f"rank-1 of the prompt's action: {rate:.1%} of {len(queries)} prompts ({held_out:.1%} for held-out actions)")
+    print(f"\nrank-1 of the prompt's action: {rate:.1%} of {len(queries)} prompts ({held_out:.1%} for held-out actions)")
     assert rate >= 0.95 and held_out >= 0.95, found
     # the toy encoder's embeddings alone rank by object, never by an action it never learnt
     alone = Searcher(index, embedder, lexical_weight=0.0)
@@ -130,7 +130,8 @@ def test_pairs_command_pairs_clips_of_the_same_action_never_a_copy(library, embe
         assert entry.target.resolve() != entry.reference.resolve()
         assert target["clip"] != reference["clip"]  # never the clip itself, nor a re-encoded copy of it
         same += target["action"] == reference["action"]
-    print(f"pairs of the same action: {same / len(entries):.1%} of {len(entries)}")
+    with capsys.disabled():
+        print(f"\npairs of the same action: {same / len(entries):.1%} of {len(entries)}")
     assert same / len(entries) >= 0.95
     # a minimum score leaves clips without a reference, counted
     code, out, _ = run_cli(monkeypatch, capsys, embedder, "pairs", folder, "--out", out_json, "--min-score", 0.99)
@@ -277,11 +278,13 @@ def test_pooled_embeddings_are_each_familys_end_of_text_token(embedder):
 
 
 def test_words_compounds_and_action_phrases():
-    assert lexical.words("A red circle moving up-left") == ["red", "circl", "mov", "up-left"]
+    assert lexical.words("A red circle moving up-left") == ["red", "circl", "mov", "up-left", "mov up-left"]
+    assert lexical.words("a red square bouncing up and down")[-2:] == ["bounc up", "up down"]
     assert lexical.words("orbits") == lexical.words("orbiting") == ["orbit"]
     assert lexical.words("zigzagging") == lexical.words("zigzags") == ["zigzag"]
     vocabulary = {"red", "circl", "mov", "up-left", "left", "zigzag"}
-    assert lexical.query_terms("a red circle moving up left", vocabulary) == {"red": 1, "circl": 1, "mov": 2, "up-left": 2}
+    assert lexical.query_terms("a red circle moving up left", vocabulary) == {"red": 1, "circl": 1, "mov": 2, "up-left": 2,
+                                                                              "mov up-left": 2}
     assert lexical.query_terms("a red circle", vocabulary) == {"red": 1, "circl": 1}
     assert lexical.query_terms("the building", vocabulary, 3) == {"build": 1}
     postings = lexical.Postings.build([lexical.words(t) for t in ("a blue square moving left", "a red circle moving down-left")])
@@ -290,6 +293,21 @@ def test_words_compounds_and_action_phrases():
     assert scores[0] > scores[1] > 0  # "left" is not matched by a part of "down-left"
     ideal = bm25.ideal(bm25.query_terms("a blue square moving left"))
     assert float(bm25.scores(bm25.query_terms("a blue square moving left"))[0]) == pytest.approx(ideal)
+
+
+def test_an_index_of_older_word_rules_is_brought_up_to_date(library, embedder, tmp_path, monkeypatch):
+    folder, _ = small_library(tmp_path, library[0])
+    with monkeypatch.context() as m:
+        m.setattr(lexical, "VERSION", "words-0")
+        m.setattr(lexical, "words", lambda text: text.split())  # what older rules might have made
+        update_index(folder, embedder)
+        assert "clockwise" in load_index(folder).postings.vocabulary  # the file holds the old rules' words
+    loaded = load_index(folder)
+    assert loaded.stale_words and "clockwis" in loaded.postings.vocabulary  # rebuilt with today's rules
+    assert "clockwise" not in loaded.postings.vocabulary
+    index, report = update_index(folder, embedder)
+    assert report.kept == len(index) and "clockwis" in index.postings.vocabulary
+    assert not load_index(folder).stale_words  # written again with today's rules
 
 
 def test_ties_are_ordered_by_the_seed(library, embedder):

@@ -8,7 +8,8 @@ the previous index or the new one whole) holds
     metadata `index`: JSON with the format version, the encoder that made the embeddings
         (family, width, dim, fingerprint), one record per indexed clip (video path relative to the
         library, caption, source, extras from the caption file, the video's size and mtime, frame
-        count, fps, width, height, duration) in row order, the lexical vocabulary, and the
+        count, fps, width, height, duration) in row order, the lexical vocabulary and the version
+        of the word rules it follows (an older one is rebuilt from the captions on loading), and the
         videos that could not be read (with the size and mtime they had, so that an unchanged
         unreadable file is not decoded again, but counted again).
 
@@ -83,9 +84,11 @@ class Index:
     signatures: torch.Tensor  # (N, SIGNATURE_SIZE) float32
     unreadable: dict[str, dict] = field(default_factory=dict)  # video -> {size, mtime_ns, reason}
     postings: lexical.Postings | None = None
+    lexical_version: str = lexical.VERSION  # the word rules the postings were built with
+    stale_words: bool = False  # loaded from a file whose postings followed older word rules
 
     def __post_init__(self):
-        if self.postings is None:
+        if self.postings is None or self.lexical_version != lexical.VERSION:
             self.postings = lexical.Postings.build([lexical.words(e.caption) for e in self.entries])
 
     @property
@@ -119,7 +122,7 @@ def save_index(index: Index) -> Path:
         "lexical_tf": p.tf.contiguous(),
         "lexical_length": p.length.contiguous(),
     }
-    meta = {"format": FORMAT, "version": VERSION, "encoder": asdict(index.encoder),
+    meta = {"format": FORMAT, "version": VERSION, "lexical": lexical.VERSION, "encoder": asdict(index.encoder),
             "entries": [asdict(e) for e in index.entries], "vocabulary": p.vocabulary,
             "unreadable": index.unreadable}
     metadata = {"format": FORMAT, "index": json.dumps(meta, ensure_ascii=False)}
@@ -149,8 +152,11 @@ def load_index(folder: str | Path) -> Index:
     entries = [Entry(**e) for e in meta["entries"]]
     postings = lexical.Postings(meta["vocabulary"], tensors["lexical_offsets"], tensors["lexical_doc"],
                                 tensors["lexical_tf"], tensors["lexical_length"])
-    return Index(folder, EncoderInfo(**meta["encoder"]), entries, tensors["embeddings"].float(),
-                 tensors["signatures"].float() / 127, meta.get("unreadable", {}), postings)
+    index = Index(folder, EncoderInfo(**meta["encoder"]), entries, tensors["embeddings"].float(),
+                  tensors["signatures"].float() / 127, meta.get("unreadable", {}), postings, meta.get("lexical", ""))
+    index.lexical_version = lexical.VERSION  # __post_init__ rebuilt the postings if they were older
+    index.stale_words = meta.get("lexical", "") != lexical.VERSION
+    return index
 
 
 @dataclass
@@ -227,8 +233,8 @@ def update_index(folder: str | Path, embedder: TextEmbedder, *, rebuild: bool = 
         to_probe.append((clip, stat))
     present = {c.video for c in clips}
     report.removed = sum(1 for v in rows if v not in present)
-    if (old is not None and not to_probe and not to_embed and not report.removed and unreadable == old.unreadable
-            and all(done[e.video][0] == e for e in old.entries)):
+    if (old is not None and not old.stale_words and not to_probe and not to_embed and not report.removed
+            and unreadable == old.unreadable and all(done[e.video][0] == e for e in old.entries)):
         report.indexed, report.unreadable = len(old), len(unreadable)
         return old, report  # nothing changed: the file stays as it is
 
@@ -302,7 +308,7 @@ def update_index(folder: str | Path, embedder: TextEmbedder, *, rebuild: bool = 
 def _same(old: Index | None, new: Index) -> bool:
     """Whether `new` holds what the file of `old` holds (then it is not written again, so that its
     modification time says when the library last changed)."""
-    return (old is not None and old.encoder == new.encoder and old.unreadable == new.unreadable
+    return (old is not None and not old.stale_words and old.encoder == new.encoder and old.unreadable == new.unreadable
             and old.entries == new.entries and torch.equal(old.embeddings, new.embeddings))
 
 

@@ -16,10 +16,12 @@ suffix stripper makes "orbits", "orbiting" and "orbit" one word, "zigzagging" an
 BM25 (Robertson-Sparck Jones idf with the +1 that keeps it positive; k1 = 1.2, b = 0.75): each query
 word counts once, the words of the prompt's action phrase (from its first word in -ing on, the way
 video captions say what happens: "a red circle *moving down*", "a man *doing a cartwheel*") twice
-(`ACTION_WEIGHT`; see `query_terms`). Why: EchoReel wants a reference of the action, whatever shows
-it, and in a caption the subject's words can be as rare as the action's (the toy library: 12
-objects, 16 actions), so without it "a red square moving down" prefers "a red square bouncing up
-and down" to "a blue circle moving down". `Bm25.scores` returns the raw score per document; `Bm25.ideal` is the score of a
+(`ACTION_WEIGHT`; see `query_terms`), and the action phrase's neighbouring word pairs are index
+words of their own ("mov down", in captions and prompts alike). Why: EchoReel wants a reference of
+the action, whatever shows it, and in a caption the subject's words can be as rare as the
+action's (the toy library: 12 objects, 16 actions), so without them "a red square moving down"
+prefers "a red square bouncing up and down", which shares "red", "square" and "down", to "a blue
+circle moving down", which shares only the action. `Bm25.scores` returns the raw score per document; `Bm25.ideal` is the score of a
 document that says exactly the query's words, so `scores / ideal` is 1 for such a caption and
 shares of it otherwise (a caption repeating a word can pass 1). Query words the library never uses
 still count in `ideal` with the largest idf: no caption matches them, and the score says so.
@@ -39,6 +41,7 @@ from functools import lru_cache
 
 import torch
 
+VERSION = "words-2"  # changes whenever `words` would index a caption differently: indexes rebuild their postings
 K1 = 1.2
 B = 0.75
 ACTION_WEIGHT = 2.0
@@ -102,13 +105,29 @@ def tokens(text: str) -> list[list[str]]:
 
 
 def words(text: str) -> list[str]:
-    """A caption's index words, in order; a compound is one word ("up-left")."""
+    """A caption's index words, in order: its words (a compound is one word, "up-left"), then the
+    pairs of neighbouring words of its action phrase ("mov up-left"; see `action_pairs`)."""
     return list(_words(text))
 
 
 @lru_cache(maxsize=1 << 16)
 def _words(text: str) -> tuple[str, ...]:  # libraries repeat captions; indexing reads them all again
-    return tuple("-".join(p) for p in tokens(text))
+    raw = _raw(text)
+    first = action_start(raw)
+    single, action = [], []
+    for i, token in enumerate(raw):
+        pieces = _pieces(token)
+        if pieces:
+            single.append("-".join(pieces))
+            if i >= first:
+                action.append(single[-1])
+    return tuple(single + action_pairs(action))
+
+
+def action_pairs(action: list[str]) -> list[str]:
+    """The neighbouring pairs of an action phrase's words, "mov up": they tell "moving up" from
+    "bouncing up and down", which share the word "up" (function words are already out)."""
+    return [f"{a} {b}" for a, b in zip(action, action[1:])]
 
 
 def action_start(raw: list[str]) -> int:
@@ -124,31 +143,37 @@ def query_terms(text: str, vocabulary, action_weight: float = ACTION_WEIGHT) -> 
     """A prompt's words as the index knows them, each once, with its weight: `action_weight` for
     the words of the action phrase (from the first word in -ing on: "a red circle *moving down*",
     "a man *doing a cartwheel*"), 1 for the others; all 1 when the prompt has no such word.
-    A compound the vocabulary lacks is split into its pieces, and two neighbouring words that form
-    a compound it has are joined ("moving up left" -> mov, up-left), so that "moving left" never
-    matches "moving down-left" by its part "left" while "up left" still finds "up-left"."""
+    The action phrase's neighbouring pairs count too ("mov up", weight `action_weight`), as in
+    captions (`words`). A compound the vocabulary lacks is split into its pieces, and two
+    neighbouring words that form a compound it has are joined ("moving up left" -> mov, up-left),
+    so that "moving left" never matches "moving down-left" by its part "left" while "up left"
+    still finds "up-left"."""
     raw = _raw(text)
     first = action_start(raw)
-    flat: list[tuple[str, float]] = []
+    flat: list[tuple[str, bool]] = []  # (word, in the action phrase)
     for i, token in enumerate(raw):
         pieces = _pieces(token)
         if not pieces:
             continue
-        weight = action_weight if i >= first else 1.0
         whole = "-".join(pieces)
         kept = [whole] if len(pieces) == 1 or whole in vocabulary else [p for p in pieces if p not in STOPWORDS]
-        flat += [(word, weight) for word in kept]
+        flat += [(word, i >= first) for word in kept]
     out: dict[str, float] = {}
+    action: list[str] = []
     i = 0
     while i < len(flat):
-        (word, weight), joined = flat[i], None
+        (word, in_action), joined = flat[i], None
         if i + 1 < len(flat):
             joined = f"{word}-{flat[i + 1][0]}"
         if joined in vocabulary:
-            word, weight, i = joined, max(weight, flat[i + 1][1]), i + 2
+            word, in_action, i = joined, in_action or flat[i + 1][1], i + 2
         else:
             i += 1
-        out[word] = max(out.get(word, 0.0), weight)
+        out[word] = max(out.get(word, 0.0), action_weight if in_action else 1.0)
+        if in_action:
+            action.append(word)
+    for pair in action_pairs(action):
+        out.setdefault(pair, action_weight)
     return out
 
 
