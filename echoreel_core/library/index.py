@@ -202,8 +202,13 @@ def update_index(folder: str | Path, embedder: TextEmbedder, *, rebuild: bool = 
         old.check_encoder(info)
     clips, problems = scan(folder)
     report = Report(clips=len(clips), problems=list(problems))
+    uncaptioned = [p.where for p in problems if p.kind == "no caption"]
     for p in problems:
-        log.warning("skipped %s", p.message())
+        if p.kind != "no caption":
+            log.warning("skipped %s", p.message())
+    if uncaptioned:
+        log.warning("skipped %d videos that no caption file names and that have no .txt sidecar: %s%s",
+                    len(uncaptioned), ", ".join(uncaptioned[:5]), ", ..." if len(uncaptioned) > 5 else "")
 
     rows = {e.video: i for i, e in enumerate(old.entries)} if old else {}
     known_bad = dict(old.unreadable) if old else {}
