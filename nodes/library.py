@@ -50,7 +50,9 @@ def _is_library(path: str) -> bool:
 
 def library_names() -> list[str]:
     """`input/<folder>` for libraries in ComfyUI's input folder, `<folder>` for those in the
-    echoreel_library folders."""
+    echoreel_library folders. The retrieval example's toy library is written into the input folder
+    here the first time (not at import: ComfyUI sets --input-directory after importing packs)."""
+    runtime.provide_example_library()
     names = []
     for prefix, roots in ((INPUT_PREFIX, [folder_paths.get_input_directory()]), ("", _roots("")[0])):
         for root in roots:

@@ -12,6 +12,8 @@ import inspect
 import logging
 import os
 import shutil
+import time
+import uuid
 
 import comfy.model_management as mm
 import comfy.utils
@@ -20,6 +22,7 @@ import torch
 from comfy.model_patcher import ModelPatcher
 
 from ..echoreel_core.files import WriteError, atomic_write, make_folder
+from ..echoreel_core.toy.library import EXAMPLE_LIBRARY, EXAMPLE_PER_ACTION, write_library
 from ..echoreel_core.toy.models import SHIPPED_DIR, TOY_REFERENCE_FILE
 
 MODEL_FOLDERS = {"videocrafter": ("videocrafter", "checkpoints"), "echoreel": ("echoreel",)}
@@ -53,6 +56,39 @@ def provide_example_input() -> None:
             atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
         except WriteError as error:
             logging.warning("EchoReel: no example reference video: %s", error)
+
+
+def provide_example_library() -> None:
+    """Write the toy reference library (`python -m echoreel_core.toy.library <input>/toy_library
+    --per-action 2`: 32 captioned clips, about 300 KB, about a second) into ComfyUI's input folder
+    once, if absent, so that the retrieval example workflow finds it. Written in a hidden folder
+    next to it and renamed into place, so a write cut short never leaves a half library under the
+    name (the hidden folder is not listed, and the next start writes it again). An input folder
+    that cannot be written costs the example only (a warning)."""
+    root = folder_paths.get_input_directory()
+    target = os.path.join(root, EXAMPLE_LIBRARY)
+    if os.path.exists(target):
+        return
+    partial = None
+    try:
+        make_folder(root)
+        partial = os.path.join(root, f".{EXAMPLE_LIBRARY}.partial-{uuid.uuid4().hex[:12]}")
+        os.mkdir(partial)
+        start, threads = time.perf_counter(), torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny tensors: more threads only fight (5 s instead of 1 on a busy 2-core machine)
+        try:
+            write_library(partial, EXAMPLE_PER_ACTION)
+        finally:
+            torch.set_num_threads(threads)
+        os.rename(partial, target)
+        partial = None
+        logging.info("EchoReel: wrote the example reference library %s (%.1f s)", target, time.perf_counter() - start)
+    except Exception as error:  # noqa: BLE001 - the example's library must never cost the node its list
+        if not os.path.isdir(target):  # else another process wrote it first
+            logging.warning("EchoReel: no example reference library in %s: %s", root, error)
+    finally:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def check_file_name(name: str, folders: list[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
 import shutil
 
 import pytest
@@ -14,7 +15,7 @@ from comfyui_env import ROOT, import_pack_in_process
 from echoreel_core.library import TextEmbedder, update_index
 from echoreel_core.models.text_encoders import OpenCLIPTextConfig, OpenCLIPTextEncoder
 from echoreel_core.toy.library import write_library
-from echoreel_core.toy.world import World
+from echoreel_core.toy.world import ACTIONS, World
 
 NODE_ID = "EchoReel_FindReferenceVideo"
 TOY_MODEL = "videocrafter2_toy.safetensors"
@@ -45,7 +46,7 @@ def comfy(tmp_path_factory):
     nodes = {cls.define_schema().node_id: cls for cls in pack.nodes.NODES}
     model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].execute(TOY_MODEL, "auto")
     (echoreel,) = nodes["EchoReel_LoadEchoReel"].execute(TOY_ECHOREEL)
-    return {"nodes": nodes, "base": base, "text_encoder": text_encoder, "vae": vae, "echoreel": echoreel,
+    return {"nodes": nodes, "base": base, "runtime": pack.nodes.runtime, "text_encoder": text_encoder, "vae": vae, "echoreel": echoreel,
             "encode": lambda text: nodes["EchoReel_TextEncode"].execute(text_encoder, text)[0]}
 
 
@@ -65,7 +66,33 @@ def test_the_node_is_registered_with_tooltips_a_help_page_and_its_libraries(comf
     page = ROOT / "web" / "docs" / f"{NODE_ID}.md"
     assert page.read_text().startswith(f"# {schema.display_name}\n")
     options = next(i for i in schema.inputs if i.id == "library").options
-    assert options == ["input/toylib", "input/twins", "shared"]  # folders with captions, in the input folder and echoreel_library
+    # folders with captions, in the input folder and echoreel_library, and the example's toy library,
+    # which listing the libraries wrote into the input folder
+    assert options == ["input/toy_library", "input/toylib", "input/twins", "shared"]
+
+
+def test_the_example_library_is_written_once_whole_and_never_costs_the_list(comfy, tmp_path, monkeypatch, caplog):
+    import folder_paths
+
+    runtime = comfy["runtime"]
+    library = comfy["base"] / "input" / "toy_library"
+    entries = json.loads((library / "captions.json").read_text())
+    assert len(entries) == 32 and {e["action"] for e in entries} == set(ACTIONS)  # 2 clips of each action
+    assert all((library / e["video"]).is_file() for e in entries)
+    assert not [p for p in (comfy["base"] / "input").iterdir() if p.name.startswith(".toy_library")]  # no partial left
+    before = (library / "captions.json").stat().st_mtime_ns
+    runtime.provide_example_library()  # present: left alone
+    assert (library / "captions.json").stat().st_mtime_ns == before
+    # a write that fails leaves nothing under the name, only a warning
+    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path))
+
+    def broken(folder, per_action):
+        (pathlib.Path(folder) / "videos").mkdir()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runtime, "write_library", broken)
+    runtime.provide_example_library()
+    assert list(tmp_path.iterdir()) == [] and "no example reference library" in caplog.text
 
 
 def test_finds_the_prompts_action_and_shows_the_clip_and_its_score(comfy):

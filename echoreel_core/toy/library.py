@@ -31,6 +31,11 @@ from ..files import atomic_write, make_folder
 from ..threads import add_threads_argument, configure_threads
 from .world import ACTIONS, World, _init_worker, _write_clip, at_least, caption, sample_clip
 
+# the retrieval example workflow's library: input/toy_library, written by the ComfyUI pack on its
+# first start (nodes/runtime.py provide_example_library) as `OUT_DIR --per-action 2` would
+EXAMPLE_LIBRARY = "toy_library"
+EXAMPLE_PER_ACTION = 2
+
 
 def library_clips(per_action: int, seed: int = 0, world: World = World(), actions: tuple[str, ...] | None = None):
     """[(name, ClipSpec)] in the library's order."""
