@@ -30,6 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from comfyui_server import API_EXAMPLES, EXAMPLES, serve  # noqa: E402
 
+from echoreel_core.toy.library import EXAMPLE_LIBRARY  # noqa: E402
 from echoreel_core.toy.models import SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_MODEL_FILE  # noqa: E402
 
 GAP_X, GAP_Y = 50, 40  # between columns, and between a node and the title bar of the next one
@@ -142,6 +143,37 @@ I2V_NOTE = (
     "describe it in Reference caption."
 )
 
+RETRIEVAL_PROMPT = "a red circle orbiting clockwise"
+RETRIEVAL_NOTE = (
+    "Only a prompt: Prompt text feeds both the video's prompt and Find Reference Video, which picks the "
+    "library clip whose caption matches it best and gives its frames and caption to Action Prism Encode. "
+    "After a run the node shows the clip it chose and its score.\n\n"
+    "input/toy_library is a toy library of 32 captioned clips (16 actions) that the pack writes into ComfyUI's "
+    "input folder on its first start; to write it again: python -m echoreel_core.toy.library "
+    "<ComfyUI>/input/toy_library --per-action 2\n\n"
+    "Your own library: a folder of videos with a captions.json ([{\"video\": ..., \"caption\": ...}]) or a "
+    ".txt caption next to each video, in ComfyUI's input folder or in models/echoreel_library; refresh the "
+    "page's node definitions (R) to list it. It is indexed with the checkpoint's text encoder on first use."
+)
+
+
+def retrieval() -> list[dict]:
+    """A multiline String node feeds the prompt to both the text encoder and Find Reference Video."""
+    return [
+        node("text", "PrimitiveStringMultiline", "Prompt text", {"value": RETRIEVAL_PROMPT}),
+        node("prompt", "EchoReel_TextEncode", "Prompt", inputs={"text_encoder": ("ckpt", "text_encoder"), "text": ("text", "STRING")}),
+        encode("negative", "Negative prompt", ""),
+        node("find", "EchoReel_FindReferenceVideo", None, {
+            "library": f"input/{EXAMPLE_LIBRARY}", "count": 1, "seed": 0, "frames": 16, "stride": 4, "width": 64,
+            "height": 64, "resize": "squash (official)", "caption_filter": ""},
+            {"text_encoder": ("ckpt", "text_encoder"), "prompt": ("text", "STRING")}),
+        node("prism", "EchoReel_ActionPrismEncode", None, {"seed": 0, "posterior": "sample (official)"}, {
+            "echoreel": ("echoreel", "echoreel"), "vae": ("ckpt", "vae"), "reference": ("find", "frames"),
+            "reference_caption": ("find", "reference_caption"), "positive": ("prompt", "CONDITIONING"),
+            "negative": ("negative", "CONDITIONING")}),
+    ]
+
+
 # name (the file name is the template browser's title and description, and its cards show about 29
 # characters of a title: a workflow that cannot run as shipped says so within them) -> nodes, and columns left
 # to right of node keys top to bottom; ("key", "other") starts a node no higher than `other` (so a
@@ -175,6 +207,11 @@ WORKFLOWS = {
         [*toy_loaders(), reference("reference"), *prompts(), prism("prism"), apply(), sampler("sampler", long=True),
          save("save", "echoreel/long_video", "sampler")],
         [["ckpt", "echoreel", "prompt", "negative"], ["reference", "caption"], ["prism", "apply"], ["sampler"], ["save"]],
+    ),
+    "EchoReel prompt only (search)": (
+        [*toy_loaders(), *retrieval(), apply(), sampler("sampler"), save("save", "echoreel/prompt_only", "sampler"),
+         node("note", "Note", "A reference found from the prompt", {"": RETRIEVAL_NOTE}, size=(420, 230))],
+        [["note", "ckpt", "echoreel"], ["text", "prompt", "negative"], ["find"], ["prism", "apply"], ["sampler", "save"]],
     ),
     "EchoReel I2V (needs files)": (
         [node("ckpt", "EchoReel_LoadVideoCrafterCheckpoint", None,

@@ -69,8 +69,9 @@ def quick(prompt: dict, **overrides) -> dict:
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
     """What the frontend's 'Export (API)' does: links become [node, slot], widget values are matched
     to the widget inputs of /object_info in order (a seed's control widget and an upload button
-    each add one saved value, the button's after all the node's widgets); a Note is the frontend's own
-    and is left out."""
+    each add one saved value, the button's after all the node's widgets; a widget fed by a link,
+    e.g. a prompt from a String node, keeps its value in the file, and the link is sent); a Note is
+    the frontend's own and is left out."""
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
@@ -81,16 +82,16 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         for name, spec in [(k, v) for group in ("required", "optional") for k, v in info.get(group, {}).items()]:
             kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
             # V1 nodes list combos as ([...], {}); V3 nodes as ("COMBO", {"options": [...]})
+            socket = next((i for i in node["inputs"] if i["name"] == name), None)
+            linked = socket is not None and socket["link"] is not None
             if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
-                inputs[name] = values.pop(0)
+                inputs[name] = values.pop(0)  # a widget keeps its saved value when a link feeds it
                 if options.get("control_after_generate"):
                     assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
                 uploads += bool(options.get("image_upload") or options.get("video_upload"))
-            else:
-                socket = next((i for i in node["inputs"] if i["name"] == name), None)
-                if socket is not None and socket["link"] is not None:
-                    link = links[socket["link"]]
-                    inputs[name] = [str(link[1]), link[2]]
+            if linked:
+                link = links[socket["link"]]
+                inputs[name] = [str(link[1]), link[2]]
         del values[:uploads]  # the upload button's saved value comes after every input's widget
         assert not values, f"{node['type']}: {len(values)} widget values left over"
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
@@ -106,6 +107,9 @@ def test_every_node_is_registered(server):
     # the shipped toy model is listed and its reference video was put into the input folder
     assert "videocrafter2_toy.safetensors" in json.dumps(info["EchoReel_LoadVideoCrafterCheckpoint"]["input"]["required"]["ckpt_name"])
     assert (server.base / "input" / "toy_reference.mp4").is_file()
+    # and the retrieval example's toy library was written there, and is listed
+    assert len(load(server.base / "input" / "toy_library" / "captions.json")) == 32
+    assert "input/toy_library" in info["EchoReel_FindReferenceVideo"]["input"]["required"]["library"][1]["options"]
     assert all(v["category"].startswith("EchoReel") and v["description"] for v in ours.values())
 
 
@@ -255,3 +259,16 @@ def test_side_by_side_videos_differ(server):
     with_echoreel = server.video(entry, by_title(prompt, "Save Video — with EchoReel")).frames
     without = server.video(entry, by_title(prompt, "Save Video — without EchoReel")).frames
     assert np.abs(with_echoreel.astype(int) - without.astype(int)).max() > 0
+
+
+def test_prompt_only_workflow_finds_a_clip_of_the_prompts_action(server):
+    """The retrieval example: its one prompt finds a clip of that action in the pack's toy library
+    (the node shows the clip and its score) and the video is made with it."""
+    prompt = example("EchoReel prompt only (search)")
+    (text,) = [v["inputs"]["value"] for v in prompt.values() if v["class_type"] == "PrimitiveStringMultiline"]
+    assert text == "a red circle orbiting clockwise"
+    (find,) = [k for k, v in prompt.items() if v["class_type"] == "EchoReel_FindReferenceVideo"]
+    entry = server.run(quick(prompt, EchoReel_VideoCrafterSampler={"seed": 9}))
+    (shown,) = entry["outputs"][find]["text"]
+    assert shown.startswith("1. videos/orbit_cw_") and "score" in shown and shown.endswith("orbiting clockwise"), shown
+    assert server.video(entry, by_title(prompt, "Save Video")).frames.shape == (16, 64, 64, 3)
