@@ -61,7 +61,8 @@ def check_request(model: VideoModel, settings: SamplingSettings, batch: int = 1,
 @dataclass(frozen=True)
 class EchoReelGuidance:
     """EchoReel for one sampling run: the weights, the action features of both branches, the
-    strength of the injected residual, and the fraction [start, end) of the steps it is active."""
+    strength of the injected residual, and the percents [start, end] of the schedule in which it
+    is active (SamplingRun.windowed)."""
 
     weights: EchoReel
     features: ActionFeatures
@@ -121,9 +122,14 @@ class SamplingRun:
         tokens = torch.cat([features.cond, features.uncond]) if batched else features.cond
         attachment.bind(tokens.to(self.device, self.dtype), features.frames_per_reference)
 
-    def windowed(self, denoise: Denoiser, attachment, guide: EchoReelGuidance) -> Denoiser:
-        """EchoReel on only for the steps in [start, end) of the run, with the guidance's strength."""
-        active = {s.timestep for i, s in enumerate(self.steps) if guide.start <= i / len(self.steps) < guide.end}
+    def windowed(self, denoise: Denoiser, attachment, guide: EchoReelGuidance, num_timesteps: int = 1000) -> Denoiser:
+        """EchoReel on only for the steps within [start, end] of the schedule, with the guidance's
+        strength: a percent p is timestep (1 - p) * (T - 1), as ComfyUI's percent_to_sigma, so the
+        window is the same under this sampler and under any ComfyUI sampler (p <= 0 and p >= 1 are
+        open ends there)."""
+        first = (1 - guide.start) * (num_timesteps - 1) if guide.start > 0 else float("inf")
+        last = (1 - guide.end) * (num_timesteps - 1) if guide.end < 1 else float("-inf")
+        active = {s.timestep for s in self.steps if last <= s.timestep <= first}
 
         def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             attachment.strength = guide.strength

@@ -5,16 +5,18 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from . import runtime
-from .conditioning import VideoCrafterTextEncode
+from .conditioning import ImageConditioning, VideoCrafterTextEncode, VideoFps
 from .echoreel_nodes import ActionPrismEncode, ApplyEchoReel
+from .latents import DecodeVideo, EmptyVideoLatent
 from .library import FindReferenceVideo
 from .loaders import LoadEchoReel, LoadVideoCrafterCheckpoint
-from .sampler import LongVideoSampler, VideoCrafterSampler
+from .sampler import LongVideoSampler, OfficialDDIMSampler, VideoCrafterSampler
 from .video import LoadReferenceVideo
 
 NODES: list[type[io.ComfyNode]] = [
-    LoadVideoCrafterCheckpoint, LoadEchoReel, LoadReferenceVideo, VideoCrafterTextEncode,
-    ActionPrismEncode, ApplyEchoReel, VideoCrafterSampler, LongVideoSampler, FindReferenceVideo,
+    LoadVideoCrafterCheckpoint, LoadEchoReel, LoadReferenceVideo, VideoCrafterTextEncode, VideoFps, ImageConditioning,
+    EmptyVideoLatent, DecodeVideo, ActionPrismEncode, ApplyEchoReel, VideoCrafterSampler, OfficialDDIMSampler,
+    LongVideoSampler, FindReferenceVideo,
 ]
 
 

@@ -12,8 +12,6 @@ import dataclasses
 from comfy_api.latest import io
 
 # custom types: objects of this pack, never seen by ComfyUI's own nodes
-VideoModelType = io.Custom("VIDEOCRAFTER_MODEL")
-TextEncoderType = io.Custom("VIDEOCRAFTER_TEXT_ENCODER")
 EchoReelType = io.Custom("ECHOREEL")
 ActionFeaturesType = io.Custom("ECHOREEL_ACTION_FEATURES")
 
@@ -22,12 +20,13 @@ _SCHEMA_FIELDS = {f.name for f in dataclasses.fields(io.Schema)}
 
 
 def schema(node_id: str, display_name: str, category: str, description: str, inputs, outputs,
-           aliases: list[str] | None = None) -> io.Schema:
+           aliases: list[str] | None = None, deprecated: bool = False, output_node: bool = False) -> io.Schema:
     """io.Schema with the pack's category root and search aliases; aliases only where this
-    ComfyUI's schema has the field (0.33 does, 0.3.75 does not)."""
+    ComfyUI's schema has the field (0.33 does, 0.3.75 does not). A deprecated node still runs
+    (saved workflows hold it) but is hidden from the node search."""
     extra = {"search_aliases": SEARCH_ALIASES + (aliases or [])} if "search_aliases" in _SCHEMA_FIELDS else {}
     return io.Schema(node_id=node_id, display_name=display_name, category=category, description=description,
-                     inputs=inputs, outputs=outputs, **extra)
+                     inputs=inputs, outputs=outputs, is_deprecated=deprecated, is_output_node=output_node, **extra)
 
 
 def check_option(name: str, value: str, options: list[str]) -> str:
@@ -39,7 +38,7 @@ def check_option(name: str, value: str, options: list[str]) -> str:
 
 
 def model_input(tooltip: str = "From Load VideoCrafter Checkpoint (or Apply EchoReel to Model).") -> io.Input:
-    return VideoModelType.Input("model", tooltip=tooltip)
+    return io.Model.Input("model", tooltip=tooltip)
 
 
 def echoreel_input() -> io.Input:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from comfy_api.latest import io
 
 from ..echoreel_core.echoreel.features import ActionFeatures, Reference, action_features, encode_reference
 from ..echoreel_core.video_io import frames_to_model_input
 from . import runtime
-from .common import ActionFeaturesType, VideoModelType, check_option, echoreel_input, model_input, schema, seed_input, vae_input
+from .common import ActionFeaturesType, check_option, echoreel_input, model_input, schema, seed_input, vae_input
 from .loaders import core_vae
-from .types import AppliedEchoReel
+from .model import SITE_PATCH, video_base_model
+from .patch import EchoReelPatch
 
 POSTERIOR = ["sample (official)", "mean"]
 
@@ -109,31 +108,36 @@ class ApplyEchoReel(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return schema(
             "EchoReel_ApplyEchoReel", "Apply EchoReel to Model", "EchoReel",
-            "Returns a copy of the video model with EchoReel applied (the input model is untouched); the sampler "
-            "attaches it only while it runs. Strength scales the injected motion; start/end bound the fraction of "
-            "the denoising steps in which it acts.",
+            "Returns a copy of the MODEL with EchoReel as a model patch (the input model is untouched): any ComfyUI "
+            "sampler then imitates the reference's motion; it composes with LoRAs and other patches. Strength scales "
+            "the injected motion; start/end are percents of the denoising schedule, as ComfyUI's own.",
             inputs=[
-                model_input("From Load VideoCrafter Checkpoint."),
+                model_input("From Load VideoCrafter Checkpoint (or a LoRA or other patch after it)."),
                 echoreel_input(),
                 ActionFeaturesType.Input("action_features", tooltip="From Action Prism Encode."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05,
                                tooltip="Scale of the injected residual (1 = as trained, 0 = the base model)."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the steps before EchoReel starts acting."),
+                               tooltip="Where in the schedule EchoReel starts acting (0 = from pure noise)."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the steps after which EchoReel stops acting."),
+                               tooltip="Where in the schedule EchoReel stops acting (1 = to the end)."),
             ],
-            outputs=[VideoModelType.Output("patched_model", display_name="model", tooltip="The video model with EchoReel applied.")],
+            outputs=[io.Model.Output("patched_model", display_name="MODEL", tooltip="The model with EchoReel applied.")],
             aliases=["apply motion"],
         )
 
     @classmethod
     def execute(cls, model, echoreel, action_features, strength, start_percent, end_percent) -> io.NodeOutput:
-        if model.echoreel is not None:
-            raise ValueError("this model already has EchoReel applied: combine references with Action Prism Encode's add_to")
-        echoreel.model.check_fits(model.preset, model.unet.model)
+        base = video_base_model(model, "model")
+        if model.model_options.get("transformer_options", {}).get("patches", {}).get(SITE_PATCH):
+            raise ValueError("this model already has EchoReel applied: give several references to one Action Prism "
+                             "Encode (add_to) and apply once")
+        echoreel.model.check_fits(base.preset, base.diffusion_model)
         width = echoreel.model.config.prism.tout_dim
         if action_features.cond.shape[-1] != width:
             raise ValueError(f"the action features are {action_features.cond.shape[-1]} wide, these EchoReel weights take {width}")
-        applied = AppliedEchoReel(echoreel, action_features, strength, start_percent, end_percent)
-        return io.NodeOutput(dataclasses.replace(model, unet=model.unet.clone(), echoreel=applied))
+        patch = EchoReelPatch(echoreel, action_features, strength, start_percent, end_percent,
+                              model.get_model_object("model_sampling"))
+        patched = model.clone()
+        patched.set_model_patch(patch, SITE_PATCH)
+        return io.NodeOutput(patched)

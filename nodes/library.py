@@ -17,7 +17,8 @@ from ..echoreel_core.library import INDEX_FILE, Index, LibraryError, Searcher, T
 from ..echoreel_core.library.sources import caption_files
 from ..echoreel_core.video_io import read_video_frames
 from . import runtime
-from .common import TextEncoderType, check_option, schema, seed_input
+from .common import check_option, schema, seed_input
+from .conditioning import encode_prompt
 from .video import RESIZE_MODES
 
 LIBRARY_FOLDER = "echoreel_library"  # models/echoreel_library, and any extra_model_paths.yaml adds
@@ -79,18 +80,22 @@ def library_path(name: str) -> str:
     raise FileNotFoundError(f"{name}: no such library folder in {' or '.join(roots)}")
 
 
-def text_encoder_tools(text_encoder):
-    """The one place that knows what the text encoder input is (VIDEOCRAFTER_TEXT_ENCODER: a
-    ModelPatcher over the checkpoint's own text tower, and the CLIP tokenizer): the embedder that
-    retrieval uses and a function from captions to one CONDITIONING entry each."""
+def text_encoder_tools(clip):
+    """The one place that knows what the text encoder input is: the embedder that retrieval uses
+    (the core text tower that Load VideoCrafter Checkpoint keeps on its CLIP, whose pooled
+    embeddings the library index holds) and a function from captions to one CONDITIONING entry
+    each (the CLIP itself, as CLIP Text Encode)."""
+    text_encoder = getattr(clip, "echoreel_text_encoder", None)
+    if text_encoder is None:
+        raise ValueError("Find Reference Video: connect the CLIP output of Load VideoCrafter Checkpoint directly "
+                         "(other CLIPs, or ones changed by other nodes, have no caption embedder)")
     runtime.load_to_device(text_encoder.patcher)
-    module, tokenizer = text_encoder.patcher.model, text_encoder.tokenizer
+    embedder = TextEmbedder(text_encoder.patcher.model, text_encoder.tokenizer)
 
     def conditioning(texts: list[str]) -> list:
-        with torch.no_grad():
-            return [[module.encode([t], tokenizer).float().cpu(), {}] for t in texts]
+        return [entry for text in texts for entry in encode_prompt(clip, text)]
 
-    return TextEmbedder(module, tokenizer), conditioning
+    return embedder, conditioning
 
 
 def library_index(folder: str, embedder: TextEmbedder) -> Index:
@@ -124,7 +129,7 @@ class FindReferenceVideo(io.ComfyNode):
             "count > 1 the frames hold the clips one after another and reference_caption one entry per clip: "
             "Action Prism Encode then uses them all (multi-reference). The index is built or updated on the fly.",
             inputs=[
-                TextEncoderType.Input("text_encoder", tooltip="From Load VideoCrafter Checkpoint: embeds the prompt "
+                io.Clip.Input("text_encoder", tooltip="The CLIP of Load VideoCrafter Checkpoint: embeds the prompt "
                                       "and the captions (an index built by another model's encoder is refused)."),
                 io.Combo.Input("library", options=library_names(),
                                tooltip="A folder of videos and captions: input/<folder> in ComfyUI's input folder, or "

@@ -1,4 +1,4 @@
-"""Load VideoCrafter Checkpoint and Load EchoReel."""
+"""Load VideoCrafter Checkpoint (native MODEL, CLIP, VAE) and Load EchoReel."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from ..echoreel_core.echoreel.weights import load_echoreel
 from ..echoreel_core.models.autoencoder import AutoencoderKL
 from ..echoreel_core.models.tokenizer import CLIPTokenizer
 from . import runtime
-from .common import EchoReelType, TextEncoderType, VideoModelType, check_option, schema
-from .types import TextEncoderModel, VideoCrafterModel
+from .clip import native_clip
+from .common import EchoReelType, check_option, schema
+from .model import native_model
+from .types import TextEncoderModel
 
-DTYPES = ["auto", "fp32", "fp16", "bf16"]
+DTYPES = ["auto", "fp32", "fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2"]
 
 
 def native_vae(vae: AutoencoderKL) -> comfy.sd.VAE:
@@ -50,21 +52,24 @@ class LoadVideoCrafterCheckpoint(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return schema(
             "EchoReel_LoadVideoCrafterCheckpoint", "Load VideoCrafter Checkpoint", "EchoReel/loaders",
-            "Loads an official VideoCrafter1/2 or LVDM checkpoint (.ckpt/.pt read safely, or our .safetensors). "
+            "Loads an official VideoCrafter1/2 or LVDM checkpoint (.ckpt/.pt read safely, or our .safetensors) as a "
+            "native MODEL (KSampler and every ComfyUI sampler run it), CLIP (CLIPTextEncode) and VAE. "
             "The model is recognised from the weights, not the file name.",
             inputs=[
                 io.Combo.Input("ckpt_name", options=runtime.model_files("videocrafter"),
                                tooltip="A file in models/videocrafter (or models/checkpoints)."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
-                               tooltip="Weight dtype of the UNet; auto lets ComfyUI choose for your device (fp32 on CPU)."),
+                               tooltip="Storage dtype of the UNet's weights; auto lets ComfyUI choose for your device "
+                                       "(fp32 on CPU). fp8 halves fp16's memory and computes in your device's "
+                                       "compute dtype."),
             ],
             outputs=[
-                VideoModelType.Output("model", display_name="model",
-                                  tooltip="The video diffusion model (UNet, schedule, and for I2V the image encoder)."),
-                TextEncoderType.Output("text_encoder", display_name="text_encoder",
-                                   tooltip="The checkpoint's own text encoder, for VideoCrafter Text Encode."),
-                io.Vae.Output("vae", display_name="vae",
-                              tooltip="The checkpoint's VAE as a native ComfyUI VAE (works with VAE Decode)."),
+                io.Model.Output("model", display_name="MODEL",
+                                tooltip="The video diffusion model (eps, the checkpoint's schedule, 5-D video latents)."),
+                io.Clip.Output("text_encoder", display_name="CLIP",
+                               tooltip="The checkpoint's own text encoder, for CLIPTextEncode."),
+                io.Vae.Output("vae", display_name="VAE",
+                              tooltip="The checkpoint's VAE (decode videos with VideoCrafter Decode)."),
             ],
             aliases=["checkpoint loader", "video model"],
         )
@@ -76,15 +81,16 @@ class LoadVideoCrafterCheckpoint(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name: str, dtype: str) -> io.NodeOutput:
         path = runtime.model_path("videocrafter", ckpt_name)
-        unet_dtype = runtime.weight_dtype(check_option("dtype", dtype, DTYPES), runtime.mm.get_torch_device())
-        model = load_video_model(path, dtype=torch.float32)
-        model.unet.to(unet_dtype)
-        image = None
-        if model.preset.is_i2v:
-            image = runtime.unet_patcher(torch.nn.ModuleDict({"image_encoder": model.image_encoder, "resampler": model.resampler}))
-        video_model = VideoCrafterModel(runtime.unet_patcher(model.unet), model.preset, model.schedule, image)
-        text = TextEncoderModel(runtime.text_encoder_patcher(model.text_encoder), CLIPTokenizer(runtime.tokenizer_merges_path()))
-        return io.NodeOutput(video_model, text, native_vae(model.vae))
+        check_option("dtype", dtype, DTYPES)
+        core = load_video_model(path, dtype=None)  # the file's dtype; the native parts cast from it
+        model = native_model(core.preset, core.schedule, core.unet.state_dict(), dtype)
+        if core.preset.is_i2v:
+            image = torch.nn.ModuleDict({"image_encoder": core.image_encoder, "resampler": core.resampler}).float()
+            model.model.image_encoder = runtime.text_encoder_patcher(image)
+        clip = native_clip(core)
+        clip.echoreel_text_encoder = TextEncoderModel(runtime.text_encoder_patcher(core.text_encoder),
+                                                      CLIPTokenizer(runtime.tokenizer_merges_path()))
+        return io.NodeOutput(model, clip, native_vae(core.vae))
 
 
 class LoadEchoReel(io.ComfyNode):

@@ -149,18 +149,12 @@ def text_encoder_patcher(module: torch.nn.Module) -> ModelPatcher:
 
 
 def load_to_device(*patchers: ModelPatcher) -> None:
-    """Let ComfyUI decide what is resident; our plain modules need full loads, not lowvram casts."""
+    """Load for code that runs modules directly (the Prism, the image encoder, the core's
+    long-video loop): fully, since lowvram casting happens only inside ComfyUI's own sampling."""
     kwargs = {}
     if "force_full_load" in inspect.signature(mm.load_models_gpu).parameters:
         kwargs["force_full_load"] = True
     mm.load_models_gpu(list(patchers), **kwargs)
-
-
-def weight_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """'auto' is ComfyUI's choice for a UNet on that device (float32 on a CPU)."""
-    if choice == "auto":
-        return mm.unet_dtype(device) if device.type != "cpu" else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[choice]
 
 
 def check_interrupted() -> None:

@@ -1,40 +1,37 @@
-"""VideoCrafter Sampler: the official DDIM for text-to-video and image-to-video, EchoReel included."""
+"""The pack's samplers: VideoCrafter Sampler (the official DDIM through ComfyUI's sampling), the
+official DDIM as a SAMPLER for SamplerCustomAdvanced, and the Long Video Sampler (Reuse and Diffuse).
+
+VideoCrafter Sampler is a shortcut for: fps (and I2V image) conditioning, Empty Video Latent,
+SamplerCustom with the official DDIM on the official grid, VideoCrafter Decode. The long-video
+sampler runs the core's VidRD loop on the native MODEL's UNet, with EchoReel from its patch.
+"""
 
 from __future__ import annotations
 
-from fractions import Fraction
 from types import SimpleNamespace
 
+import comfy.sample
+import latent_preview
 import torch
-from comfy_api.latest import InputImpl, Types, io
-from einops import rearrange
+from comfy_api.latest import io
 
 from ..echoreel_core.long_pipeline import generate_long_latents
-from ..echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, check_request, generate_latents, prepare_image
+from ..echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, check_request, size_multiple
+from ..echoreel_core.sampling.schedule import NoiseSchedule
 from . import runtime
 from .common import model_input, schema, seed_input, vae_input
+from .conditioning import image_tokens, with_values
 from .echoreel_nodes import text_context
-
-
-def image_tokens(model, image: torch.Tensor | None, height: int, width: int) -> torch.Tensor:
-    """I2V: (1, 16, 1024) tokens of the image (1, H, W, 3), or of the official mid-grey image."""
-    modules = model.image.model
-    encoder, resampler = modules["image_encoder"], modules["resampler"]
-    weight = next(encoder.parameters())
-    if image is None:
-        size = encoder.config.image_size
-        pixels = torch.zeros(1, 3, size, size)
-    else:
-        pixels = prepare_image(image[0], height, width)
-    with torch.no_grad():
-        return resampler(encoder(encoder.preprocess(pixels.to(weight.device)).to(weight.dtype)))
+from .latents import as_video, decode_video
+from .model import SITE_PATCH, video_base_model
+from .official_ddim import official_ddim_sampler, official_ddim_sigmas
 
 
 def sampler_inputs(frames_min: int, frames_tooltip: str) -> list[io.Input]:
     """The inputs both samplers take, in the order saved in workflows."""
     return [
         model_input(),
-        io.Conditioning.Input("positive", tooltip="The prompt, from VideoCrafter Text Encode."),
+        io.Conditioning.Input("positive", tooltip="The prompt, from CLIP Text Encode."),
         io.Conditioning.Input("negative", tooltip="The negative prompt (empty text = the official unconditional prompt)."),
         vae_input("The checkpoint's VAE, to decode the frames."),
         io.Int.Input("width", default=512, min=16, max=4096, step=16,
@@ -67,9 +64,34 @@ def sampler_outputs(what: str) -> list[io.Output]:
     ]
 
 
-def as_video(frames: torch.Tensor, fps: int):
-    """IMAGE frames (t, h, w, 3) -> a native VIDEO that plays at `fps`."""
-    return InputImpl.VideoFromComponents(Types.VideoComponents(images=frames, audio=None, frame_rate=Fraction(fps)))
+def sampler_outputs(what: str) -> list[io.Output]:
+    return [
+        io.Image.Output("images", display_name="frames", tooltip=f"{what}, (t, h, w, 3) in 0..1."),
+        io.Latent.Output("latent", display_name="latent", tooltip="The video latents (b, 4, t, h, w), for VideoCrafter Decode."),
+        io.Video.Output("video", display_name="video",
+                        tooltip="The frames as a native VIDEO at the sampler's fps, for Save Video."),
+    ]
+
+
+def conditioned(base, positive, negative, fps: int, image, height: int, width: int):
+    """The prompts with fps set and, for I2V, the image tokens (unless Image Conditioning set them)."""
+    positive, negative = with_values(positive, {"fps": fps}), with_values(negative, {"fps": fps})
+    if image is not None:
+        if base.image_encoder is None:
+            raise ValueError(f"{base.preset.name} is a text-to-video model: disconnect the image")
+        positive = with_values(positive, {"image_context": image_tokens(base.image_encoder, image[:1], height, width)})
+        negative = with_values(negative, {"image_context": image_tokens(base.image_encoder, None)})
+    elif base.image_encoder is not None and "image_context" not in positive[0][1]:
+        raise ValueError(f"{base.preset.name} is an image-to-video model: connect an image")
+    return positive, negative
+
+
+def core_view(base) -> SimpleNamespace:
+    """What the core's checks and long-video loop use of a model: the UNet, preset and schedule."""
+    sampling = base.model_sampling
+    return SimpleNamespace(unet=base.diffusion_model, preset=base.preset,
+                           schedule=NoiseSchedule(sampling.alphas_cumprod.cpu(),
+                                                  None if sampling.scale_arr is None else sampling.scale_arr.cpu()))
 
 
 class VideoCrafterSampler(io.ComfyNode):
@@ -77,8 +99,9 @@ class VideoCrafterSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return schema(
             "EchoReel_VideoCrafterSampler", "VideoCrafter Sampler", "EchoReel/sampling",
-            "Samples a video with DDIM exactly as the official VideoCrafter/LVDM sampler (eta 1, cfg 12 by default). "
-            "Connect an image for image-to-video models. EchoReel applied to the model is attached only while it runs.",
+            "Samples a video with DDIM exactly as the official VideoCrafter/LVDM sampler (eta 1, cfg 12 by default), "
+            "inside ComfyUI's sampling: EchoReel, LoRAs and other patches on the model apply. Connect an image for "
+            "image-to-video models. KSampler runs the same MODEL with any other sampler.",
             inputs=sampler_inputs(1, "Frames to generate (the models were trained on 16).")
             + [io.Image.Input("image", optional=True, tooltip=IMAGE_INPUT_TOOLTIP)],
             outputs=sampler_outputs("The decoded frames"),
@@ -88,48 +111,38 @@ class VideoCrafterSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, vae, width, height, frames, fps, steps, cfg, eta, seed,
                 image=None) -> io.NodeOutput:
+        base = video_base_model(model, "model")
         settings = SamplingSettings(height=height, width=width, frames=frames, fps=fps, steps=steps, cfg=cfg, eta=eta, seed=seed)
-        cond, uncond, guidance = prepare_sampling(model, positive, negative, image, height, width)
-        check_request(sampling_model(model), settings)
-        progress = runtime.Progress(steps)
-        latents = generate_latents(
-            sampling_model(model), cond, uncond, settings, callback=lambda i, x, x0: progress.update(i + 1, x0), echoreel=guidance
+        settings.validate(size_multiple(core_view(base)))
+        positive, negative = conditioned(base, positive, negative, fps, image, height, width)
+        f = vae.downscale_ratio
+        latent = torch.zeros(1, 4, frames, height // f, width // f)
+        sigmas = official_ddim_sigmas(model.get_model_object("model_sampling"), steps)
+        samples = comfy.sample.sample_custom(
+            model, comfy.sample.prepare_noise(latent, seed), cfg, official_ddim_sampler(eta), sigmas, positive, negative,
+            latent, callback=latent_preview.prepare_callback(model, len(sigmas) - 1), seed=seed,
         )
-        samples = unscaled_frames(model, latents)
-        runtime.check_interrupted()
-        decoded = vae.decode(samples)
+        decoded = decode_video(vae, samples)
         return io.NodeOutput(decoded, {"samples": samples}, as_video(decoded, fps))
 
 
-def prepare_sampling(model, positive, negative, image, height, width):
-    """Load what sampling needs and build (cond, uncond, EchoReel guidance or None)."""
-    if model.preset.is_i2v and image is None:
-        raise ValueError(f"{model.preset.name} is an image-to-video model: connect an image")
-    if image is not None and not model.preset.is_i2v:
-        raise ValueError(f"{model.preset.name} is a text-to-video model: disconnect the image")
-    patchers = [model.unet] + ([model.image] if model.image is not None else [])
-    if model.echoreel is not None:
-        patchers.append(model.echoreel.weights)
-    runtime.load_to_device(*patchers)
-    cond, uncond = text_context(positive, "positive"), text_context(negative, "negative")
-    if model.preset.is_i2v:
-        cond = torch.cat([cond, image_tokens(model, image, height, width).cpu().float()], dim=1)
-        uncond = torch.cat([uncond, image_tokens(model, None, height, width).cpu().float()], dim=1)
-    guidance = None
-    if model.echoreel is not None:
-        applied = model.echoreel
-        guidance = EchoReelGuidance(applied.weights.model, applied.features, applied.strength, applied.start, applied.end)
-    return cond, uncond, guidance
+class OfficialDDIMSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            "EchoReel_OfficialDDIM", "VideoCrafter Official DDIM (sampler)", "EchoReel/sampling",
+            "The official VideoCrafter/LVDM DDIM as a SAMPLER for SamplerCustom / SamplerCustomAdvanced: with the "
+            "ddim_uniform scheduler it reproduces the official sampler (its start from pure noise, its last step, "
+            "one seeded noise stream).",
+            inputs=[io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05,
+                                   tooltip="DDIM eta (1.0 as official; 0 is deterministic DDIM).")],
+            outputs=[io.Sampler.Output(tooltip="For SamplerCustom / SamplerCustomAdvanced.")],
+            aliases=["ddim", "official sampler"],
+        )
 
-
-def sampling_model(model) -> SimpleNamespace:
-    """What the core samplers use of a model: the UNet, the preset and the schedule."""
-    return SimpleNamespace(unet=model.unet.model, preset=model.preset, schedule=model.schedule)
-
-
-def unscaled_frames(model, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled (b, 4, t, h, w) -> ComfyUI LATENT samples: unscaled SD latents, frames as batch."""
-    return rearrange(latents.float().cpu() / model.preset.vae.scale_factor, "b c t h w -> (b t) c h w")
+    @classmethod
+    def execute(cls, eta) -> io.NodeOutput:
+        return io.NodeOutput(official_ddim_sampler(eta))
 
 
 class LongVideoSampler(io.ComfyNode):
@@ -159,21 +172,37 @@ class LongVideoSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, vae, width, height, frames, fps, steps, cfg, eta, seed,
                 clips, overlap, alpha, beta, drop_overlap, image=None) -> io.NodeOutput:
+        base = video_base_model(model, "model")
+        view = core_view(base)
         settings = SamplingSettings(height=height, width=width, frames=frames, fps=fps, steps=steps, cfg=cfg, eta=eta, seed=seed)
-        cond, uncond, guidance = prepare_sampling(model, positive, negative, image, height, width)
-        check_request(sampling_model(model), settings, clips=clips)
+        positive, negative = conditioned(base, positive, negative, fps, image, height, width)
+        patches = model.model_options.get("transformer_options", {}).get("patches", {}).get(SITE_PATCH, [])
+        runtime.load_to_device(model, *(p.weights for p in patches))  # the core loop runs the UNet directly
+        check_request(view, settings, clips=clips)
+        guidance = None
+        if patches:
+            patch = patches[0]
+            guidance = EchoReelGuidance(patch.weights.model, patch.features, patch.strength, patch.start, patch.end)
+        cond, uncond = branch_context(positive, "positive"), branch_context(negative, "negative")
         progress = runtime.Progress(clips * steps)
         decoded, latents = [], []
 
         def decode_clip(k: int, clip: torch.Tensor) -> None:  # as soon as a clip is sampled
-            samples = unscaled_frames(model, clip)
+            samples = clip.float().cpu() / base.preset.vae.scale_factor
             latents.append(samples)
-            decoded.append(vae.decode(samples).cpu())
+            decoded.append(decode_video(vae, samples).cpu())
 
         generate_long_latents(
-            sampling_model(model), [cond] * clips, uncond, settings, overlap, alpha, beta, drop_overlap, guidance,
+            view, [cond] * clips, uncond, settings, overlap, alpha, beta, drop_overlap, guidance,
             callback=lambda i, x, x0: progress.update(i + 1, x0), decode_clip=decode_clip,
         )
         runtime.check_interrupted()
         frames_out = torch.cat(decoded)
-        return io.NodeOutput(frames_out, {"samples": torch.cat(latents)}, as_video(frames_out, fps))
+        return io.NodeOutput(frames_out, {"samples": torch.cat(latents, dim=2)}, as_video(frames_out, fps))
+
+
+def branch_context(conditioning, what: str) -> torch.Tensor:
+    """The UNet context of a one-entry CONDITIONING: its text tokens, then its image tokens (I2V)."""
+    context = text_context(conditioning, what)
+    image = conditioning[0][1].get("image_context")
+    return context if image is None else torch.cat([context, image.to(context)], dim=1)

@@ -47,7 +47,7 @@ def comfy(tmp_path_factory):
     model, text_encoder, vae = nodes["EchoReel_LoadVideoCrafterCheckpoint"].execute(TOY_MODEL, "auto")
     (echoreel,) = nodes["EchoReel_LoadEchoReel"].execute(TOY_ECHOREEL)
     return {"nodes": nodes, "base": base, "runtime": pack.nodes.runtime, "text_encoder": text_encoder, "vae": vae, "echoreel": echoreel,
-            "encode": lambda text: nodes["EchoReel_TextEncode"].execute(text_encoder, text)[0]}
+            "encode": lambda text: nodes["EchoReel_TextEncode"].execute(text_encoder, text)[0]}  # = CLIP Text Encode
 
 
 def find(comfy, library="input/toylib", prompt="a red circle zigzagging", count=1, seed=0, frames=4, stride=1,
@@ -152,6 +152,6 @@ def test_an_index_from_another_text_encoder_is_refused(comfy):
     write_library(folder, 1, seed=5, world=World(height=32, width=32, frames=2, stride=1), actions=("shrink",))
     torch.manual_seed(0)
     other = OpenCLIPTextEncoder(OpenCLIPTextConfig(width=64, heads=2, layers=2, embed_dim=64, skip_last_layers=0))
-    update_index(folder, TextEmbedder(other, comfy["text_encoder"].tokenizer))
+    update_index(folder, TextEmbedder(other, comfy["text_encoder"].echoreel_text_encoder.tokenizer))
     with pytest.raises(ValueError, match="another text encoder"):
         find(comfy, "input/otherlib", "a shrinking square")

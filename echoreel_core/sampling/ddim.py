@@ -50,8 +50,14 @@ class DDIMStep:
 
 
 def ddim_schedule(schedule: NoiseSchedule, num_steps: int, eta: float = 1.0) -> list[DDIMStep]:
-    """Per-step coefficients from the stored abar (and s_t), noisiest step first."""
-    grid = ddim_timesteps(num_steps, schedule.num_timesteps)
+    """Per-step coefficients of the official S-step grid, noisiest step first."""
+    return ddim_steps(schedule, ddim_timesteps(num_steps, schedule.num_timesteps), eta)
+
+
+def ddim_steps(schedule: NoiseSchedule, grid: torch.Tensor, eta: float = 1.0) -> list[DDIMStep]:
+    """Per-step coefficients for an ascending timestep grid from the stored abar (and s_t),
+    noisiest step first: each step targets the next lower grid point, the lowest targets abar[0]
+    (as official). Also used with the timesteps of a ComfyUI sigma schedule."""
     abar = schedule.alphas_cumprod.float().cpu()
     alphas = abar[grid]
     alphas_prev = torch.cat([abar[:1], abar[grid[:-1]]])
