@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import comfy.ops
 import comfy.sd
 import torch
+from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.latest import io
 
 from ..echoreel_core.checkpoints import load_video_model
@@ -112,5 +114,7 @@ class LoadEchoReel(io.ComfyNode):
 
     @classmethod
     def execute(cls, echoreel_name: str) -> io.NodeOutput:
-        echoreel = load_echoreel(runtime.model_path("echoreel", echoreel_name)).eval()
+        # comfy.ops layers: ComfyUI may load them partially with the UNet (low VRAM) and cast at use
+        echoreel = load_echoreel(runtime.model_path("echoreel", echoreel_name), operations=comfy.ops.manual_cast,
+                                 attention=optimized_attention).eval()
         return io.NodeOutput(runtime.unet_patcher(echoreel))

@@ -274,3 +274,39 @@ def test_fps_conditioning_reaches_the_unet():
         comfy.sample.sample(t.native, comfy.sample.prepare_noise(latent, 0), 1, 7.5, "euler", "normal",
                             conditioning(t.positive), conditioning(t.negative), latent)
     assert (calls[0]["fps"] == t.core.preset.fps).all() and len(calls[0]["chunks"]) == 2
+
+
+def test_every_weight_can_be_loaded_partially_in_low_vram(tmp_path):
+    """ComfyUI's partial loader moves only modules whose parameters are all their own (a module with
+    direct parameters and parameter-holding children is skipped, its weights left behind), and casts
+    at use only in comfy.ops layers: so every parameter of the UNet and of the EchoReel weights sits
+    in a comfy.ops layer or in a leaf that casts its raw parameters where they are used. Loaded with a
+    tiny budget (most layers left to cast and move per call), the eps is the fully loaded one."""
+    import comfy.ops
+
+    from comfyui_echoreel_pack.echoreel_core.echoreel.weights import load_echoreel, save_echoreel
+
+    t = tiny("videocrafter2-t2v-512")
+    save_echoreel(t.echoreel, tmp_path / "e.safetensors")
+    weights = load_echoreel(tmp_path / "e.safetensors", operations=comfy.ops.manual_cast, attention=optimized_attention)
+    for root in (t.native.model.diffusion_model, weights):
+        for name, module in root.named_modules():
+            own = dict(module.named_parameters(recurse=False))
+            if own:
+                assert len(own) == len(list(module.parameters())), f"{name} holds parameters and parameter-holding children"
+                assert hasattr(module, "comfy_cast_weights") or type(module).__name__ in ("ParameterLeaf", "RelativePosition"), name
+    g = torch.Generator().manual_seed(0)
+    x, context = torch.randn(2, 4, 4, 16, 16, generator=g), torch.cat([t.positive, t.negative])
+    timesteps, fps = torch.tensor([500.0, 500.0]), torch.tensor([8, 8])
+    patched = ApplyEchoReel.execute(t.native, ModelPatcher(weights, torch.device("cpu"), torch.device("cpu")),
+                                    t.features, 1.0, 0.0, 1.0).args[0]
+    options = dict(patched.model_options["transformer_options"], cond_or_uncond=[0, 1], sigmas=torch.tensor([1.0]))
+    unet = patched.model.diffusion_model
+    with torch.no_grad():
+        full = unet(x, timesteps, context, transformer_options=options, fps=fps)
+        patched.load(torch.device("cpu"), lowvram_model_memory=64 * 1024, full_load=False)
+        cast = [m for m in unet.modules() if getattr(m, "comfy_cast_weights", False)]
+        partial = unet(x, timesteps, context, transformer_options=options, fps=fps)
+        patched.unpatch_model(torch.device("cpu"))
+    assert len(cast) > 10  # most layers were left to be cast and moved per call
+    assert torch.equal(partial, full)

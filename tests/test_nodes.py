@@ -161,6 +161,19 @@ def test_image_to_video(nodes):
     assert images.shape == (4, 32, 32, 3)
     with pytest.raises(ValueError, match="image-to-video model: connect an image"):
         sampler.execute(model, positive, negative, vae, 32, 32, 4, 8, 2, 7.5, 1.0, 1)
+    # natively: Image Conditioning, then KSampler on an empty video latent, then VideoCrafter Decode
+    import nodes as comfy_nodes
+
+    cond, uncond = nodes["EchoReel_ImageConditioning"].execute(model, positive, negative, image, 32, 32).args
+    assert cond[0][1]["image_context"].shape[0] == 1 and not torch.equal(cond[0][1]["image_context"],
+                                                                          uncond[0][1]["image_context"])
+    (latent,) = nodes["EchoReel_EmptyVideoLatent"].execute(vae, 32, 32, 4, 1).args
+    with torch.no_grad():
+        (sampled,) = comfy_nodes.KSampler().sample(model, 1, 2, 7.5, "euler", "normal", cond, uncond, latent)
+        with pytest.raises(ValueError, match="put every prompt .* through VideoCrafter Image Conditioning"):
+            comfy_nodes.KSampler().sample(model, 1, 2, 7.5, "euler", "normal", positive, negative, latent)
+    frames, video = nodes["EchoReel_DecodeVideo"].execute(vae, sampled, 8.0).args
+    assert frames.shape == (4, 32, 32, 3) and video.get_components().images.shape == (4, 32, 32, 3)
 
 
 def test_bad_inputs_give_clear_errors(nodes):

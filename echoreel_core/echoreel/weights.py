@@ -141,8 +141,11 @@ class EchoReel(CoreModel):
 ECHOREEL_KEY = re.compile(r"^(video_inject_process\.|.*\.video_inject_)")
 
 
-def load_echoreel(path: str | Path, dtype: torch.dtype | None = torch.float32, device="cpu") -> EchoReel:
-    """Our safetensors file, or the official checkpoint.pt (whose LVDM base sizes the config)."""
+def load_echoreel(path: str | Path, dtype: torch.dtype | None = torch.float32, device="cpu", operations=None,
+                  attention=None) -> EchoReel:
+    """Our safetensors file, or the official checkpoint.pt (whose LVDM base sizes the config).
+    operations, attention: the layer namespace and attention callable (models/ops.py), e.g. ComfyUI's
+    comfy.ops.manual_cast (whose layers cast and move their weights when loaded partially)."""
     path = Path(path)
     state, metadata = read_state_dict(path)
     if metadata.get("format") == FORMAT:
@@ -169,7 +172,7 @@ def load_echoreel(path: str | Path, dtype: torch.dtype | None = torch.float32, d
         _check_official_groups(path, weights, preset)
         config = _official_config(preset, weights, path)
     with torch.device("meta"):
-        echoreel = EchoReel(config)
+        echoreel = EchoReel(config, operations=operations, attention=attention)
     echoreel.load_official_state_dict(weights, str(path))
     check_finite(path, weights)
     echoreel.eval()  # inference by default, as load_video_model
