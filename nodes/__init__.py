@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import runtime
+from . import motion_control, motion_files, motion_match, runtime
 from .conditioning import ImageConditioning, VideoCrafterTextEncode, VideoFps
 from .echoreel_nodes import ActionPrismEncode, ApplyEchoReel
 from .latents import DecodeVideo, EmptyVideoLatent
@@ -16,7 +16,7 @@ from .video import LoadReferenceVideo
 NODES: list[type[io.ComfyNode]] = [
     LoadVideoCrafterCheckpoint, LoadEchoReel, LoadReferenceVideo, VideoCrafterTextEncode, VideoFps, ImageConditioning,
     EmptyVideoLatent, DecodeVideo, ActionPrismEncode, ApplyEchoReel, VideoCrafterSampler, OfficialDDIMSampler,
-    LongVideoSampler, FindReferenceVideo,
+    LongVideoSampler, FindReferenceVideo, *motion_files.NODES, *motion_control.NODES, *motion_match.NODES,
 ]
 
 
