@@ -78,7 +78,8 @@ def node(key, type_, title=None, widgets=None, inputs=None, models=None, size=No
 
 
 def encode(key, title, text) -> dict:
-    return node(key, "EchoReel_TextEncode", title, {"text": text}, {"text_encoder": ("ckpt", "text_encoder")})
+    """ComfyUI's own CLIP Text Encode on the checkpoint's CLIP."""
+    return node(key, "CLIPTextEncode", title, {"text": text}, {"clip": ("ckpt", "CLIP")})
 
 
 def reference(key, title=None, stride=4, size=(64, 64)) -> dict:
@@ -88,7 +89,7 @@ def reference(key, title=None, stride=4, size=(64, 64)) -> dict:
 
 
 def prism(key, title=None, ref="reference", caption="caption", add_to=None) -> dict:
-    inputs = {"echoreel": ("echoreel", "echoreel"), "vae": ("ckpt", "vae"), "reference": (ref, "frames"),
+    inputs = {"echoreel": ("echoreel", "echoreel"), "vae": ("ckpt", "VAE"), "reference": (ref, "frames"),
               "reference_caption": (caption, "CONDITIONING"), "positive": ("prompt", "CONDITIONING"),
               "negative": ("negative", "CONDITIONING")}
     if add_to:
@@ -99,23 +100,39 @@ def prism(key, title=None, ref="reference", caption="caption", add_to=None) -> d
 
 def apply(features="prism") -> dict:
     return node("apply", "EchoReel_ApplyEchoReel", None, {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
-                {"model": ("ckpt", "model"), "echoreel": ("echoreel", "echoreel"), "action_features": (features, "action_features")})
+                {"model": ("ckpt", "MODEL"), "echoreel": ("echoreel", "echoreel"), "action_features": (features, "action_features")})
 
 
-def sampler(key, title=None, model=("apply", "model"), size=(64, 64), steps=25, cfg=7.5, image=None, long=False) -> dict:
+def sampler(key, title=None, model=("apply", "MODEL"), size=(64, 64), steps=25, cfg=7.5, image=None, long=False) -> dict:
     widgets = {"width": size[0], "height": size[1], "frames": 16, "fps": 8, "steps": steps, "cfg": cfg, "eta": 1.0,
                "seed": 123, "control_after_generate": "fixed"}
     if long:
         widgets.update(clips=4, overlap=4, alpha=4.0, beta=0.4, drop_overlap=False)
     inputs = {"model": model, "positive": ("prompt", "CONDITIONING"), "negative": ("negative", "CONDITIONING"),
-              "vae": ("ckpt", "vae")}
+              "vae": ("ckpt", "VAE")}
     if image:
         inputs["image"] = image
     return node(key, "EchoReel_LongVideoSampler" if long else "EchoReel_VideoCrafterSampler", title, widgets, inputs)
 
 
+def native_sampling(key="sampler", model=("apply", "MODEL"), size=(64, 64), steps=20, cfg=7.5) -> list[dict]:
+    """The model-native path: fps conditioning on both prompts, KSampler on an Empty Video Latent,
+    VideoCrafter Decode (whose `video` goes to Save Video) at the same fps."""
+    return [
+        node("fps", "EchoReel_VideoFps", None, {"fps": 8},
+             {"positive": ("prompt", "CONDITIONING"), "negative": ("negative", "CONDITIONING")}),
+        node("latent", "EchoReel_EmptyVideoLatent", None, {"width": size[0], "height": size[1], "frames": 16, "batch_size": 1},
+             {"vae": ("ckpt", "VAE")}),
+        node(key, "KSampler", None, {"seed": 123, "control_after_generate": "fixed", "steps": steps, "cfg": cfg,
+                                     "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0},
+             {"model": model, "positive": ("fps", "positive"), "negative": ("fps", "negative"),
+              "latent_image": ("latent", "LATENT")}),
+        node("decode", "EchoReel_DecodeVideo", None, {"fps": 8.0}, {"vae": ("ckpt", "VAE"), "samples": (key, "LATENT")}),
+    ]
+
+
 def save(key, prefix, source, title=None) -> dict:
-    """Core Save Video on the sampler's VIDEO output: the frames at the sampler's fps, as mp4."""
+    """Core Save Video on a VIDEO output (a sampler's or VideoCrafter Decode's): the frames at its fps, as mp4."""
     return node(key, "SaveVideo", title, {"filename_prefix": prefix, "format": "auto", "codec": "auto"},
                 {"video": (source, "video")})
 
@@ -153,22 +170,22 @@ RETRIEVAL_NOTE = (
     "<ComfyUI>/input/toy_library --per-action 2\n\n"
     "Your own library: a folder of videos with a captions.json ([{\"video\": ..., \"caption\": ...}]) or a "
     ".txt caption next to each video, in ComfyUI's input folder or in models/echoreel_library; refresh the "
-    "page's node definitions (R) to list it. It is indexed with the checkpoint's text encoder on first use."
+    "page's node definitions (R) to list it. It is indexed with the checkpoint's CLIP (its text encoder) on first use."
 )
 
 
 def retrieval() -> list[dict]:
-    """A multiline String node feeds the prompt to both the text encoder and Find Reference Video."""
+    """A multiline String node feeds the prompt to both CLIP Text Encode and Find Reference Video."""
     return [
         node("text", "PrimitiveStringMultiline", "Prompt text", {"value": RETRIEVAL_PROMPT}),
-        node("prompt", "EchoReel_TextEncode", "Prompt", inputs={"text_encoder": ("ckpt", "text_encoder"), "text": ("text", "STRING")}),
+        node("prompt", "CLIPTextEncode", "Prompt", inputs={"clip": ("ckpt", "CLIP"), "text": ("text", "STRING")}),
         encode("negative", "Negative prompt", ""),
         node("find", "EchoReel_FindReferenceVideo", None, {
             "library": f"input/{EXAMPLE_LIBRARY}", "count": 1, "seed": 0, "frames": 16, "stride": 4, "width": 64,
             "height": 64, "resize": "squash (official)", "caption_filter": ""},
-            {"text_encoder": ("ckpt", "text_encoder"), "prompt": ("text", "STRING")}),
+            {"text_encoder": ("ckpt", "CLIP"), "prompt": ("text", "STRING")}),
         node("prism", "EchoReel_ActionPrismEncode", None, {"seed": 0, "posterior": "sample (official)"}, {
-            "echoreel": ("echoreel", "echoreel"), "vae": ("ckpt", "vae"), "reference": ("find", "frames"),
+            "echoreel": ("echoreel", "echoreel"), "vae": ("ckpt", "VAE"), "reference": ("find", "frames"),
             "reference_caption": ("find", "reference_caption"), "positive": ("prompt", "CONDITIONING"),
             "negative": ("negative", "CONDITIONING")}),
     ]
@@ -180,13 +197,14 @@ def retrieval() -> list[dict]:
 # Save Video has room below it for the preview it shows after a run)
 WORKFLOWS = {
     "EchoReel text to video": (
-        [*toy_loaders(), reference("reference"), *prompts(), prism("prism"), apply(), sampler("sampler"),
-         save("save", "echoreel/text_to_video", "sampler")],
-        [["ckpt", "echoreel", "prompt", "negative"], ["reference", "caption"], ["prism", "apply"], ["sampler"], ["save"]],
+        [*toy_loaders(), reference("reference"), *prompts(), prism("prism"), apply(), *native_sampling(),
+         save("save", "echoreel/text_to_video", "decode")],
+        [["ckpt", "echoreel", "prompt", "negative"], ["reference", "caption"], ["prism", "apply", "fps"],
+         ["latent", "sampler"], ["decode", "save"]],
     ),
     "EchoReel with and without": (
         [*toy_loaders(), reference("reference"), *prompts(), prism("prism"), apply(),
-         sampler("with", "Sampler — with EchoReel"), sampler("without", "Sampler — without EchoReel", model=("ckpt", "model")),
+         sampler("with", "Sampler — with EchoReel"), sampler("without", "Sampler — without EchoReel", model=("ckpt", "MODEL")),
          save("save_with", "echoreel/with_echoreel", "with", "Save Video — with EchoReel"),
          save("save_without", "echoreel/without_echoreel", "without", "Save Video — without EchoReel")],
         [["ckpt", "echoreel", "prompt", "negative"], ["reference", "caption"], ["prism", "apply"], ["with", "without"],

@@ -6,8 +6,9 @@ dialog and no schema warning; only the image-to-video template reports its two m
 files. At the view the page opens it at (a 1600x900 window), the whole graph is on the canvas and
 drawn in full (not the low-detail drawing of far zoom), no two nodes (title bars included)
 overlap, every node is as large as its widgets need (the page's own computeSize: nothing grows on
-opening), every widget lies inside its node, and no title, label or value is cut short. One
-workflow then runs from the page's Run button to the video preview of its Save Video node.
+opening), every widget lies inside its node, and no title, label or value is cut short. Text to
+video (core CLIP Text Encode and KSampler on the native MODEL) then runs from the page's Run button
+to the video preview of its Save Video node.
 
 The set-up (scripts/setup_browser.sh, run by scripts/test.sh) installs the browser: without it
 this fails, it never skips. ECHOREEL_SCREENSHOTS=<folder> keeps a screenshot of each step.
@@ -231,7 +232,7 @@ def test_workflow_runs_from_the_page_to_its_video_preview(page):
     open_template(browser, RUN)
     browser.close_dialogs()
     # fewer steps, as a user may set them, to keep the run short
-    browser.js("app.graph.nodes.find(n => n.type === 'EchoReel_VideoCrafterSampler').widgets.find(w => w.name === 'steps').value = 5")
+    browser.js("app.graph.nodes.find(n => n.type === 'KSampler').widgets.find(w => w.name === 'steps').value = 5")
     before = set(server.get("/history"))
     browser.js("Array.from(document.querySelectorAll('button')).find(b => b.innerText.trim() === 'Run').click()")
     deadline = time.time() + 150

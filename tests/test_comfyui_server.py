@@ -1,7 +1,9 @@
 """End to end: a real ComfyUI server on 127.0.0.1 runs every example workflow: the text-to-video
-ones on the shipped toy model (found with nothing downloaded), image-to-video on tiny weights. The
-samplers' VIDEO reaches core Save Video, whose mp4 is read back: frames, size and frame rate (the
-sampler's fps)."""
+ones on the shipped toy model (found with nothing downloaded), image-to-video on tiny weights. Prompts
+are core CLIP Text Encode on the checkpoint's CLIP; text to video samples the MODEL with core KSampler
+(fps conditioning, Empty Video Latent, VideoCrafter Decode), the others with the pack's samplers. The
+VIDEO reaches core Save Video, whose mp4 is read back: frames, size and frame rate (the fps set in the
+graph)."""
 
 from __future__ import annotations
 
@@ -23,11 +25,15 @@ from echoreel_core.toy.models import SHIPPED_DIR
 UI_EXAMPLES = ui_examples()
 RUNNABLE = [path for path in UI_EXAMPLES if "needs files" not in path.stem]
 # the toy workflows run at their own size (64x64, 16 frames) with fewer steps, and an fps of their
-# own, which the saved mp4 must carry
+# own, which the saved mp4 must carry (on the KSampler path: the fps conditioning and the decode's)
 QUICK = {
     "EchoReel_VideoCrafterSampler": {"steps": 4, "seed": 5, "fps": 12},
     "EchoReel_LongVideoSampler": {"steps": 3, "seed": 5, "clips": 2, "fps": 12},
+    "KSampler": {"steps": 4, "seed": 5},
+    "EchoReel_VideoFps": {"fps": 12},
+    "EchoReel_DecodeVideo": {"fps": 12},
 }
+PACK_SAMPLERS = ("EchoReel_VideoCrafterSampler", "EchoReel_LongVideoSampler")
 # the image-to-video workflow names VideoCrafter1 I2V files: tiny random ones of 32x32, 4 frames
 TINY_I2V = {
     "EchoReel_LoadReferenceVideo": {"frames": 4, "width": 32, "height": 32},
@@ -103,7 +109,15 @@ def test_every_node_is_registered(server):
     ours = {k: v for k, v in info.items() if k.startswith("EchoReel_")}
     assert {"EchoReel_LoadVideoCrafterCheckpoint", "EchoReel_LoadEchoReel", "EchoReel_LoadReferenceVideo", "EchoReel_TextEncode",
             "EchoReel_ActionPrismEncode", "EchoReel_ApplyEchoReel", "EchoReel_VideoCrafterSampler",
-            "EchoReel_LongVideoSampler"} <= set(ours)
+            "EchoReel_LongVideoSampler", "EchoReel_VideoFps", "EchoReel_ImageConditioning", "EchoReel_EmptyVideoLatent",
+            "EchoReel_DecodeVideo", "EchoReel_OfficialDDIM"} <= set(ours)
+    # the text-encode node stays registered for saved workflows, deprecated: no example uses it
+    assert info["EchoReel_TextEncode"]["deprecated"]
+    deprecated = {k for k, v in info.items() if v.get("deprecated")}
+    for path in UI_EXAMPLES:
+        used = {n["type"] for n in load(path)["nodes"]}
+        assert not used & deprecated, (path.stem, used & deprecated)
+        assert "CLIPTextEncode" in used, path.stem
     # the shipped toy model is listed and its reference video was put into the input folder
     assert "videocrafter2_toy.safetensors" in json.dumps(info["EchoReel_LoadVideoCrafterCheckpoint"]["input"]["required"]["ckpt_name"])
     assert (server.base / "input" / "toy_reference.mp4").is_file()
@@ -167,21 +181,40 @@ def test_model_files_are_named_for_the_missing_models_dialog(server, ui_path):
             assert entry["hash_type"] == "SHA256" and entry["hash"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
 
 
+def video_settings(prompt: dict, save_id: str) -> tuple[int, int, int, int]:
+    """(frames, height, width, fps) of the video a Save Video node gets: from a pack sampler's VIDEO
+    output, or from VideoCrafter Decode after KSampler on an Empty Video Latent, whose fps
+    conditioning must be the decode's fps."""
+    source_id, slot = prompt[save_id]["inputs"]["video"]
+    source = prompt[source_id]
+    if source["class_type"] in PACK_SAMPLERS:
+        assert slot == 2  # the sampler's VIDEO output, after frames and latent
+        sampler = source["inputs"]
+        return sampler["frames"] * sampler.get("clips", 1), sampler["height"], sampler["width"], sampler["fps"]
+    assert (source["class_type"], slot) == ("EchoReel_DecodeVideo", 1)  # its VIDEO, after the frames
+    ksampler = prompt[source["inputs"]["samples"][0]]
+    assert ksampler["class_type"] == "KSampler"
+    latent = prompt[ksampler["inputs"]["latent_image"][0]]
+    assert latent["class_type"] == "EchoReel_EmptyVideoLatent" and latent["inputs"]["batch_size"] == 1
+    fps = source["inputs"]["fps"]
+    for branch in ("positive", "negative"):
+        conditioning, _ = ksampler["inputs"][branch]
+        assert prompt[conditioning]["class_type"] == "EchoReel_VideoFps" and prompt[conditioning]["inputs"]["fps"] == fps
+    return latent["inputs"]["frames"], latent["inputs"]["height"], latent["inputs"]["width"], fps
+
+
 @pytest.mark.parametrize("ui_path", UI_EXAMPLES, ids=lambda p: p.stem)
-def test_api_workflow_runs_to_an_mp4_at_the_samplers_fps(server, ui_path):
+def test_api_workflow_runs_to_an_mp4_at_the_graphs_fps(server, ui_path):
     prompt = quick(load(api_copy(ui_path)))
     entry = server.run(prompt)
     saves = [k for k, v in prompt.items() if v["class_type"] == "SaveVideo"]
     assert saves
     for node_id in saves:
         video = server.video(entry, node_id)
-        sampler_id, slot = prompt[node_id]["inputs"]["video"]
-        assert slot == 2  # the sampler's VIDEO output, after frames and latent
-        sampler = prompt[sampler_id]["inputs"]
-        frames = sampler["frames"] * sampler.get("clips", 1)
-        assert video.frames.shape == (frames, sampler["height"], sampler["width"], 3)
+        frames, height, width, fps = video_settings(prompt, node_id)
+        assert video.frames.shape == (frames, height, width, 3)
         assert video.container_frames == frames and video.codec == "h264"
-        assert video.fps == sampler["fps"] == 12  # the fps chosen in the sampler travels with the video
+        assert video.fps == fps == 12  # the fps chosen in the graph travels with the video
         saved = entry["outputs"][node_id]["images"][0]
         assert (server.base / "output" / saved["subfolder"] / saved["filename"]).is_file()
         assert video.frames.std() > 0
