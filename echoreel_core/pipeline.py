@@ -19,6 +19,12 @@ from .memory import check_fits, estimate_sampling_memory
 from .models.ops import compute_dtype, module_device
 from .models.video_model import VideoModel
 from .sampling.ddim import Denoiser, StepCallback, ddim_schedule, randn, sample_ddim
+from .sampling.dpmpp import (SigmaTable, X0Model, karras_schedule, percent_to_sigma, sample_dpmpp_2m, sigma_table,
+                             start_from_noise, x0_model)
+
+# "ddim": the official sampler (steps on the official grid, eta); "dpmpp_2m": ComfyUI's DPM++ 2M on the
+# karras schedule (deterministic, eta unused), what KSampler runs with those names (sampling/dpmpp.py)
+SAMPLERS = ("ddim", "dpmpp_2m")
 
 
 @dataclass(frozen=True)
@@ -31,9 +37,12 @@ class SamplingSettings:
     cfg: float = 12.0
     eta: float = 1.0
     seed: int = 123
+    sampler: str = "ddim"  # SAMPLERS
 
     def validate(self, multiple: int) -> None:
         """Refuse sizes that cannot run, before any work: the latent must halve evenly at every level."""
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if min(self.height, self.width) < multiple or self.height % multiple or self.width % multiple:
             raise ValueError(f"height and width must be positive multiples of {multiple} for this model, "
                              f"got {self.width}x{self.height} (width x height)")
@@ -97,24 +106,34 @@ class SamplingRun:
     shape: tuple[int, ...]  # (b, c, t, h, w) of one clip's latents
     generator: torch.Generator  # CPU: the same noise on every device
     fps: torch.Tensor  # (b,)
-    steps: list
+    steps: list  # the DDIM steps (empty for another sampler)
+    sampler: str = "ddim"
+    sigmas: torch.Tensor | None = None  # dpmpp_2m: the karras sigmas (steps + 1,), noisiest first, ending in 0
+    table: SigmaTable | None = None  # dpmpp_2m: the model's sigmas (sampling/dpmpp.py)
 
     @classmethod
-    def prepare(cls, model: VideoModel, batch: int, settings: SamplingSettings) -> "SamplingRun":
+    def prepare(cls, model: VideoModel, batch: int, settings: SamplingSettings,
+                samplers: tuple[str, ...] = ("ddim",)) -> "SamplingRun":
         """Only `model.unet`, `model.preset` and `model.schedule` are used (the ComfyUI sampler passes
         just those); latents land on the UNet's device, in its compute dtype (ops.compute_dtype: the
-        weights' dtype, unless they are fp8 or `unet.compute_dtype` is set)."""
+        weights' dtype, unless they are fp8 or `unet.compute_dtype` is set). `samplers`: those the
+        caller runs (the long-video loop is DDIM's alone)."""
         device = module_device(model.unet)
         f = 2 ** (len(model.preset.vae.ch_mult) - 1)
         settings.validate(size_multiple(model))
-        return cls(
+        if settings.sampler not in samplers:
+            raise ValueError(f"this sampling runs only {', '.join(samplers)}, got sampler {settings.sampler!r}")
+        common = dict(
             device=device,
             dtype=compute_dtype(model.unet),
             shape=(batch, model.preset.vae.embed_dim, settings.frames, settings.height // f, settings.width // f),
             generator=torch.Generator("cpu").manual_seed(settings.seed),
             fps=torch.full((batch,), settings.fps, dtype=torch.long, device=device),
-            steps=ddim_schedule(model.schedule, settings.steps, settings.eta),
         )
+        if settings.sampler == "dpmpp_2m":
+            return cls(**common, steps=[], sampler=settings.sampler,
+                       sigmas=karras_schedule(model.schedule, settings.steps), table=sigma_table(model.schedule))
+        return cls(**common, steps=ddim_schedule(model.schedule, settings.steps, settings.eta))
 
     def bind(self, attachment, guide: EchoReelGuidance, batched: bool) -> None:
         """Bind a guidance's features as the UNet batch holds its branches ([cond, uncond] or cond)."""
@@ -138,6 +157,31 @@ class SamplingRun:
 
         return step
 
+    def sigma_windowed(self, model: X0Model, attachment, guide: EchoReelGuidance) -> X0Model:
+        """`windowed` for a sigma sampler: EchoReel on while the step's sigma lies in
+        [sigma(end), sigma(start)], the comparison ComfyUI's patch makes (nodes/patch.py), so a
+        sigma between two timesteps falls on the same side under both."""
+        low, high = percent_to_sigma(self.table, guide.end), percent_to_sigma(self.table, guide.start)
+
+        def step(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            attachment.strength = guide.strength
+            attachment.active = guide.strength != 0.0 and low <= float(sigma) <= high
+            return model(x, sigma)
+
+        return step
+
+    def sample_dpmpp_2m(self, denoise: Denoiser, callback: StepCallback | None = None,
+                        window=None) -> torch.Tensor:
+        """DPM++ 2M from the seed's noise (the same draw as DDIM's x_T and as ComfyUI's prepare_noise),
+        float32 latents, the UNet in the run's dtype; `window(x0 model) -> x0 model` switches EchoReel.
+        Returns the clean latents in the run's dtype."""
+        noise = randn(self.shape, self.generator, device=self.device)
+        model = x0_model(denoise, self.table, self.dtype)
+        if window is not None:
+            model = window(model)
+        x = start_from_noise(self.table, noise, self.sigmas[0].to(self.device))
+        return sample_dpmpp_2m(model, x, self.sigmas, callback).to(self.dtype)
+
 
 @torch.no_grad()
 def generate_latents(
@@ -148,11 +192,19 @@ def generate_latents(
     callback: StepCallback | None = None,
     echoreel: EchoReelGuidance | None = None,
 ) -> torch.Tensor:
-    """Sample latents (b, 4, t, h, w) for a text (and image) context (b, L, c); seeded on the CPU."""
-    run = SamplingRun.prepare(model, cond.shape[0], settings)
-    x_T = randn(run.shape, run.generator, device=run.device).to(run.dtype)
+    """Sample latents (b, 4, t, h, w) for a text (and image) context (b, L, c); seeded on the CPU;
+    with settings.sampler's sampler (SAMPLERS)."""
+    run = SamplingRun.prepare(model, cond.shape[0], settings, SAMPLERS)
     uncond = uncond.to(run.device, run.dtype) if uncond is not None else None
     denoise = guided_denoiser(model.unet, cond.to(run.device, run.dtype), uncond, settings.cfg, run.fps)
+    if run.sampler == "dpmpp_2m":
+        if echoreel is None:
+            return run.sample_dpmpp_2m(denoise, callback)
+        with echoreel.weights.attach(model.preset, model.unet, echoreel.strength) as attachment:
+            run.bind(attachment, echoreel, batched=uncond is not None and settings.cfg != 1.0)
+            return run.sample_dpmpp_2m(denoise, callback,
+                                       window=lambda m: run.sigma_windowed(m, attachment, echoreel))
+    x_T = randn(run.shape, run.generator, device=run.device).to(run.dtype)
     if echoreel is None:
         return sample_ddim(denoise, x_T, run.steps, run.generator, callback)
     # attached only inside this run, detached whatever happens
