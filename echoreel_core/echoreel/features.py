@@ -8,7 +8,7 @@ reference video and caption, as the official sampler does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,11 +27,18 @@ class Reference:
 
 @dataclass(frozen=True)
 class ActionFeatures:
-    """Prism outputs per branch, (b, n_refs * t, tout_dim), references concatenated in order."""
+    """Prism outputs per branch, (b, n_refs * t, tout_dim), references concatenated in order.
+
+    info: where the features came from (source video, caption, prompts: str -> str), as a motion
+    file records it (echoreel_core/motion); empty when unknown. It travels with the features so
+    that a loaded motion saved again keeps its provenance; it never changes what they do, so it is
+    left out of equality and hashing.
+    """
 
     cond: torch.Tensor
     uncond: torch.Tensor
     frames_per_reference: int
+    info: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 @torch.no_grad()
