@@ -15,6 +15,11 @@ per action and overall, as JSON, plus a GIF grid (reference | without | with) pe
     python -m echoreel_core.toy.evaluate --out toy_eval            # the shipped toy model
     python -m echoreel_core.toy.evaluate --pairs 3 --steps 10      # a quick look
     python -m echoreel_core.toy.evaluate --library toy_library     # references found by retrieval
+    python -m echoreel_core.toy.evaluate --sampler dpmpp_2m --steps 20   # as KSampler: dpmpp_2m, karras
+
+--sampler dpmpp_2m samples with the core's DPM++ 2M on the karras schedule, which equals ComfyUI's
+KSampler with sampler dpmpp_2m and scheduler karras on the pack's native model up to float rounding
+(tests/test_native_sampling.py); the default is the official DDIM (eta 1).
 
 With --library, each pair's reference is not the pair's own but the best clip of a toy library
 (echoreel_core/toy/library.py) for the target's caption naming its action ("a red circle
@@ -45,7 +50,7 @@ from ..echoreel.features import Reference, action_features, encode_reference
 from ..echoreel.weights import EchoReel, load_echoreel
 from ..library import LEXICAL_WEIGHT, Searcher, TextEmbedder, update_index
 from ..models.video_model import VideoModel
-from ..pipeline import EchoReelGuidance, SamplingSettings, decode_to_frames, generate_latents
+from ..pipeline import SAMPLERS, EchoReelGuidance, SamplingSettings, decode_to_frames, generate_latents
 from ..threads import add_threads_argument, configure_threads
 from ..video_io import frames_to_model_input, read_video_frames, write_video
 from . import metrics
@@ -61,6 +66,7 @@ class EvalSettings:
     cfg: float = 7.5
     seed: int = 1234  # per pair: seed + index
     strength: float = 1.0
+    sampler: str = "ddim"  # pipeline.SAMPLERS
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,8 @@ def evaluate_pair(model: VideoModel, echoreel: EchoReel, entry, extra: dict, set
     reference, _, _ = read_video_frames(path, num_frames=world.frames, stride=world.stride,
                                         size=(world.height, world.width))  # (t, H, W, 3)
     sampling = SamplingSettings(height=world.height, width=world.width, frames=world.frames, fps=model.preset.fps,
-                                steps=settings.steps, cfg=settings.cfg, seed=settings.seed + index)
+                                steps=settings.steps, cfg=settings.cfg, seed=settings.seed + index,
+                                sampler=settings.sampler)
     latents = encode_reference(model.vae, frames_to_model_input(reference), torch.Generator().manual_seed(index))
     without, with_echoreel = without_and_with(model, echoreel, entry.prompt, latents, reference_caption, sampling,
                                               settings.strength)
@@ -275,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="an eval dataset JSON from toy.world (default: 60 held-out pairs, seed 0, "
                                        "written to a temporary folder)")
     parser.add_argument("--pairs", type=int, help="evaluate only the first N pairs")
-    parser.add_argument("--steps", type=int, default=EvalSettings.steps)
+    parser.add_argument("--steps", type=int, default=EvalSettings.steps, help="sampling steps (default %(default)s)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=EvalSettings.sampler,
+                        help="ddim: the official sampler (default); dpmpp_2m: DPM++ 2M on the karras schedule, as "
+                             "ComfyUI's KSampler runs it")
     parser.add_argument("--cfg", type=float, default=EvalSettings.cfg)
     parser.add_argument("--strength", type=float, default=EvalSettings.strength)
     parser.add_argument("--out", help="folder for report.json and GIF grids")
@@ -290,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s", configure_threads(args.threads))
     model = load_video_model(args.model or shipped(TOY_MODEL_FILE))
     echoreel = load_echoreel(args.echoreel or shipped(TOY_ECHOREEL_FILE))
-    settings = EvalSettings(args.steps, args.cfg, strength=args.strength)
+    settings = EvalSettings(args.steps, args.cfg, strength=args.strength, sampler=args.sampler)
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or write_dataset(tmp, "eval", args.pairs or 60, seed=0)
         picker = LibraryPicker(model, args.library, other_objects=args.other_objects) if args.library else None
