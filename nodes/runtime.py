@@ -25,13 +25,16 @@ from ..echoreel_core.files import WriteError, atomic_write, make_folder
 from ..echoreel_core.toy.library import EXAMPLE_LIBRARY, EXAMPLE_PER_ACTION, write_library
 from ..echoreel_core.toy.models import SHIPPED_DIR, TOY_REFERENCE_FILE
 
-MODEL_FOLDERS = {"videocrafter": ("videocrafter", "checkpoints"), "echoreel": ("echoreel",)}
+MODEL_FOLDERS = {"videocrafter": ("videocrafter", "checkpoints"), "echoreel": ("echoreel",),
+                 "echoreel_motion": ("echoreel_motion",)}
 WEIGHT_EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth", ".sft"}
+MOTION_EXTENSIONS = {".safetensors"}  # motion files (echoreel_core/motion): Save Motion writes, Load Motion lists
 
 
 def register_model_folders() -> None:
     """models/videocrafter and models/echoreel, with the weight extensions listed, plus the pack's
-    shipped toy model in each, so that the example workflows run with nothing to download."""
+    shipped toy model in each, so that the example workflows run with nothing to download; and
+    models/echoreel_motion, where Save Motion writes motion files and Load Motion lists them."""
     for name in ("videocrafter", "echoreel"):
         path = os.path.join(folder_paths.models_dir, name)
         if name not in folder_paths.folder_names_and_paths:
@@ -41,6 +44,10 @@ def register_model_folders() -> None:
         folder_paths.folder_names_and_paths[name] = (
             list(paths) + ([shipped] if shipped not in paths else []), set(extensions) | WEIGHT_EXTENSIONS
         )
+    if "echoreel_motion" not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path("echoreel_motion", os.path.join(folder_paths.models_dir, "echoreel_motion"))
+    paths, extensions = folder_paths.folder_names_and_paths["echoreel_motion"]
+    folder_paths.folder_names_and_paths["echoreel_motion"] = (list(paths), set(extensions) | MOTION_EXTENSIONS)
 
 
 def provide_example_input() -> None:
