@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import comfy.patcher_extension
 import torch
 from comfy_api.latest import io
 
+from ..echoreel_core.echoreel.control import check_mask
 from ..echoreel_core.echoreel.features import ActionFeatures, Reference, action_features, encode_reference
 from ..echoreel_core.video_io import frames_to_model_input
 from . import runtime
 from .common import ActionFeaturesType, check_option, echoreel_input, model_input, schema, seed_input, vae_input
 from .loaders import core_vae
 from .model import SITE_PATCH, video_base_model
-from .patch import EchoReelPatch
+from .motion_control import FrameWeightsType, ScheduleType
+from .patch import REPORT_KEY, EchoReelPatch, echoreel_patches
 
 POSTERIOR = ["sample (official)", "mean"]
 
@@ -49,7 +52,7 @@ class ActionPrismEncode(io.ComfyNode):
                 echoreel_input(),
                 vae_input("The checkpoint's VAE, to encode the reference frames."),
                 io.Image.Input("reference", tooltip="Reference frames from Load Reference Video, at the EchoReel model's size."),
-                io.Conditioning.Input("reference_caption", tooltip="The reference video's caption, encoded with VideoCrafter Text Encode; "
+                io.Conditioning.Input("reference_caption", tooltip="The reference video's caption, encoded with CLIP Text Encode; "
                                       "k entries (Find Reference Video) split the frames into k reference clips."),
                 io.Conditioning.Input("positive", tooltip="The prompt of the video to generate."),
                 io.Conditioning.Input("negative", tooltip="The negative (or empty) prompt: the unconditional branch keeps the same reference, as official."),
@@ -110,7 +113,10 @@ class ApplyEchoReel(io.ComfyNode):
             "EchoReel_ApplyEchoReel", "Apply EchoReel to Model", "EchoReel",
             "Returns a copy of the MODEL with EchoReel as a model patch (the input model is untouched): any ComfyUI "
             "sampler then imitates the reference's motion; it composes with LoRAs and other patches. Strength scales "
-            "the injected motion; start/end are percents of the denoising schedule, as ComfyUI's own.",
+            "the injected motion; start/end are percents of the denoising schedule, as ComfyUI's own. Optional: a "
+            "Motion Schedule (strength over the steps), Motion Frame Weights (strength per frame) and a MASK (motion "
+            "only inside it). After each sampling run the log (and VideoCrafter Sampler's text) reports how many "
+            "integration layers ran at how many steps; a run in which none ran is an error.",
             inputs=[
                 model_input("From Load VideoCrafter Checkpoint (or a LoRA or other patch after it)."),
                 echoreel_input(),
@@ -121,23 +127,39 @@ class ApplyEchoReel(io.ComfyNode):
                                tooltip="Where in the schedule EchoReel starts acting (0 = from pure noise)."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Where in the schedule EchoReel stops acting (1 = to the end)."),
+                ScheduleType.Input("schedule", optional=True,
+                                   tooltip="From Motion Schedule: multiplies strength at each step's percent of the "
+                                           "schedule (inside start/end). Unconnected: constant 1."),
+                FrameWeightsType.Input("frame_weights", optional=True,
+                                       tooltip="From Motion Frame Weights: multiplies the injected residual per "
+                                               "generated frame. Unconnected: 1 on every frame."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Motion only inside the mask: (h, w) for every frame or one per frame, resized "
+                                      "(area) to each integration layer's latent grid; 0 = exactly the base model's "
+                                      "features there. Unconnected: everywhere."),
             ],
             outputs=[io.Model.Output("patched_model", display_name="MODEL", tooltip="The model with EchoReel applied.")],
             aliases=["apply motion"],
         )
 
     @classmethod
-    def execute(cls, model, echoreel, action_features, strength, start_percent, end_percent) -> io.NodeOutput:
+    def execute(cls, model, echoreel, action_features, strength, start_percent, end_percent, schedule=None,
+                frame_weights=None, mask=None) -> io.NodeOutput:
         base = video_base_model(model, "model")
-        if model.model_options.get("transformer_options", {}).get("patches", {}).get(SITE_PATCH):
+        if echoreel_patches(model):
             raise ValueError("this model already has EchoReel applied: give several references to one Action Prism "
                              "Encode (add_to) and apply once")
         echoreel.model.check_fits(base.preset, base.diffusion_model)
         width = echoreel.model.config.prism.tout_dim
         if action_features.cond.shape[-1] != width:
             raise ValueError(f"the action features are {action_features.cond.shape[-1]} wide, these EchoReel weights take {width}")
+        if start_percent > end_percent:
+            raise ValueError(f"start_percent {start_percent:g} is after end_percent {end_percent:g}: EchoReel would never act")
         patch = EchoReelPatch(echoreel, action_features, strength, start_percent, end_percent,
-                              model.get_model_object("model_sampling"))
+                              model.get_model_object("model_sampling"), [site.path for site in base.diffusion_model.sites],
+                              schedule=schedule, frame_curve=frame_weights,
+                              mask=None if mask is None else check_mask(mask.cpu(), "mask"))
         patched = model.clone()
         patched.set_model_patch(patch, SITE_PATCH)
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, REPORT_KEY, patch.outer_sample)
         return io.NodeOutput(patched)

@@ -33,11 +33,16 @@ def native_vae(vae: AutoencoderKL) -> comfy.sd.VAE:
     }
     native = comfy.sd.VAE(sd=vae.state_dict(), config={"params": {"ddconfig": ddconfig, "embed_dim": c.embed_dim}})
     native.downscale_ratio = native.upscale_ratio = vae.downscale_factor
+    for module in native.first_stage_model.modules():  # ComfyUI builds 32 groups; the toy VAE has fewer
+        if isinstance(module, torch.nn.GroupNorm):
+            module.num_groups = c.groups
+    native._echoreel_core_vae = vae.float().eval()  # Action Prism Encode's seeded posterior: this exact VAE
     return native
 
 
 def core_vae(native: comfy.sd.VAE) -> AutoencoderKL:
-    """The core autoencoder over a native VAE's weights (for seeded posterior samples), built once."""
+    """The core autoencoder of a native VAE (for seeded posterior samples): the checkpoint's own from
+    Load VideoCrafter Checkpoint, or one rebuilt once from another loader's VAE weights."""
     cached = getattr(native, "_echoreel_core_vae", None)
     if cached is None:
         state = {k: v.detach().float().cpu() for k, v in native.first_stage_model.state_dict().items()}

@@ -42,13 +42,14 @@ SITE_PATCH = "echoreel_integration"
 
 
 class VideoLatent(comfy.latent_formats.SD15):
-    """SD's 4-channel latents with a time axis: (b, 4, t, h, w), scale 0.18215. No TAESD video
-    decoder exists for them, so previews use the SD15 RGB factors (first frame)."""
+    """SD's 4-channel latents with a time axis: (b, 4, t, h, w), scaled by the checkpoint's VAE
+    factor (0.18215 for every official model; the toy's own). No TAESD video decoder exists for
+    them, so previews use the SD15 RGB factors (first frame)."""
 
     latent_dimensions = 3
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, scale_factor: float = 0.18215):
+        super().__init__(scale_factor)
         self.taesd_decoder_name = None
 
 
@@ -227,6 +228,7 @@ def native_model(preset: ModelPreset, schedule: NoiseSchedule, unet_state: dict[
     manual_cast = mm.unet_manual_cast(dtype, load_device, supported)
     config = VideoModelConfig({"preset": preset, "compute_dtype": manual_cast})
     config.set_inference_dtype(dtype, manual_cast)
+    config.latent_format = VideoLatent(preset.vae.scale_factor)
     offload_device = mm.unet_offload_device()
     model = VideoCrafterBaseModel(preset, schedule, config, device=mm.unet_inital_load_device(parameters, dtype))
     missing, unexpected = model.diffusion_model.load_state_dict(unet_state, strict=False)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import comfy.sample
 import latent_preview
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..echoreel_core.long_pipeline import generate_long_latents
 from ..echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, check_request, size_multiple
@@ -23,8 +23,9 @@ from .common import model_input, schema, seed_input, vae_input
 from .conditioning import image_tokens, with_values
 from .echoreel_nodes import text_context
 from .latents import as_video, decode_video
-from .model import SITE_PATCH, video_base_model
+from .model import video_base_model
 from .official_ddim import official_ddim_sampler, official_ddim_sigmas
+from .patch import echoreel_patches
 
 
 def sampler_inputs(frames_min: int, frames_tooltip: str) -> list[io.Input]:
@@ -52,16 +53,6 @@ def sampler_inputs(frames_min: int, frames_tooltip: str) -> list[io.Input]:
 
 
 IMAGE_INPUT_TOOLTIP = "The first-frame image for image-to-video models."
-
-
-def sampler_outputs(what: str) -> list[io.Output]:
-    return [
-        io.Image.Output("images", display_name="frames", tooltip=f"{what}, (t, h, w, 3) in 0..1."),
-        io.Latent.Output("latent", display_name="latent",
-                         tooltip="Unscaled SD-VAE latents with frames as batch (native VAE Decode decodes them)."),
-        io.Video.Output("video", display_name="video",
-                        tooltip="The frames as a native VIDEO at the sampler's fps, for Save Video."),
-    ]
 
 
 def sampler_outputs(what: str) -> list[io.Output]:
@@ -101,7 +92,9 @@ class VideoCrafterSampler(io.ComfyNode):
             "EchoReel_VideoCrafterSampler", "VideoCrafter Sampler", "EchoReel/sampling",
             "Samples a video with DDIM exactly as the official VideoCrafter/LVDM sampler (eta 1, cfg 12 by default), "
             "inside ComfyUI's sampling: EchoReel, LoRAs and other patches on the model apply. Connect an image for "
-            "image-to-video models. KSampler runs the same MODEL with any other sampler.",
+            "image-to-video models. KSampler runs the same MODEL with any other sampler. With EchoReel applied, its "
+            "text shows the injection report: how many integration layers ran at how many steps, the residual's "
+            "size next to the hidden state per UNet level, and any NaN/Inf.",
             inputs=sampler_inputs(1, "Frames to generate (the models were trained on 16).")
             + [io.Image.Input("image", optional=True, tooltip=IMAGE_INPUT_TOOLTIP)],
             outputs=sampler_outputs("The decoded frames"),
@@ -123,7 +116,9 @@ class VideoCrafterSampler(io.ComfyNode):
             latent, callback=latent_preview.prepare_callback(model, len(sigmas) - 1), seed=seed,
         )
         decoded = decode_video(vae, samples)
-        return io.NodeOutput(decoded, {"samples": samples}, as_video(decoded, fps))
+        reports = [p.last_report.text() for p in echoreel_patches(model) if p.last_report is not None]
+        text = "\n".join(reports) or "EchoReel is not applied to this model."
+        return io.NodeOutput(decoded, {"samples": samples}, as_video(decoded, fps), ui=ui.PreviewText(text))
 
 
 class OfficialDDIMSampler(io.ComfyNode):
@@ -176,12 +171,16 @@ class LongVideoSampler(io.ComfyNode):
         view = core_view(base)
         settings = SamplingSettings(height=height, width=width, frames=frames, fps=fps, steps=steps, cfg=cfg, eta=eta, seed=seed)
         positive, negative = conditioned(base, positive, negative, fps, image, height, width)
-        patches = model.model_options.get("transformer_options", {}).get("patches", {}).get(SITE_PATCH, [])
+        patches = echoreel_patches(model)
         runtime.load_to_device(model, *(p.weights for p in patches))  # the core loop runs the UNet directly
         check_request(view, settings, clips=clips)
         guidance = None
         if patches:
             patch = patches[0]
+            if patch.controls:
+                raise ValueError(f"the Long Video Sampler runs EchoReel with its strength and start/end only: "
+                                 f"disconnect Apply EchoReel's {', '.join(patch.controls)} (or use KSampler or "
+                                 "VideoCrafter Sampler)")
             guidance = EchoReelGuidance(patch.weights.model, patch.features, patch.strength, patch.start, patch.end)
         cond, uncond = branch_context(positive, "positive"), branch_context(negative, "negative")
         progress = runtime.Progress(clips * steps)
