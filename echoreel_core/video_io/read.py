@@ -16,7 +16,8 @@ is too short. `read_video_frames` keeps those defaults and those pixels, with on
   which differs only for variable-frame-rate files. The fps reported is that average rate,
   (frames - 1) / (last - first timestamp), or the container's exact rational when it agrees.
 - rotation and mirroring (the display matrix) are applied; HDR (HLG, PQ) is tone mapped to SDR
-  BT.709, alpha is composited over black (colour.py); "crop" honours the pixel aspect ratio.
+  BT.709, alpha is composited over black (colour.py); "crop" and "letterbox" honour the pixel
+  aspect ratio.
 - a truncated file gives its readable frames when they are enough for the request (with a
   warning naming the file and the count), else an error saying it is truncated.
 """
@@ -43,6 +44,7 @@ from .timeline import Timeline, file_key, is_webp, scan
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".webp", ".3gp",
                     ".ts", ".mts", ".m2ts", ".flv", ".mpg", ".mpeg", ".wmv", ".asf", ".mxf")
 SELECT_MODES = ("index", "time")
+RESIZE_MODES = ("squash", "crop", "letterbox")
 
 
 class VideoReadError(ValueError):
@@ -176,16 +178,27 @@ def time_indices(timeline: Timeline, num_frames: int, stride: int, start: int):
 
 def _resize(frame: torch.Tensor, size, mode: str, pixel_aspect: float = 1.0) -> torch.Tensor:
     """(H, W, 3) float -> (size[0], size[1], 3). 'crop' scales the displayed picture (each pixel
-    pixel_aspect times as wide as tall) to cover the size, then centre crops; 'squash' stretches."""
+    pixel_aspect times as wide as tall) to cover the size, then centre crops; 'letterbox' scales
+    it to fit inside the size and centres it on black (bars top and bottom, or left and right;
+    an odd leftover pixel goes to the bottom/right bar); 'squash' stretches."""
     h, w = size
     x = frame.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
     rh, rw = h, w
-    if mode == "crop":
+    if mode in ("crop", "letterbox"):
         shown_w = x.shape[3] * pixel_aspect
-        scale = max(h / x.shape[2], w / shown_w)
-        rh, rw = max(h, round(x.shape[2] * scale)), max(w, round(shown_w * scale))
+        if mode == "crop":
+            scale = max(h / x.shape[2], w / shown_w)
+            rh, rw = max(h, round(x.shape[2] * scale)), max(w, round(shown_w * scale))
+        else:
+            scale = min(h / x.shape[2], w / shown_w)
+            rh, rw = min(h, max(1, round(x.shape[2] * scale))), min(w, max(1, round(shown_w * scale)))
     if (rh, rw) != tuple(x.shape[2:]):
         x = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+    if mode == "letterbox":
+        top, left = (h - rh) // 2, (w - rw) // 2
+        out = torch.zeros(h, w, 3, dtype=x.dtype)
+        out[top : top + rh, left : left + rw] = x[0].permute(1, 2, 0).clamp(0, 1)
+        return out
     top, left = (rh - h) // 2, (rw - w) // 2
     return x[0, :, top : top + h, left : left + w].permute(1, 2, 0).clamp_(0, 1)
 
@@ -194,12 +207,12 @@ def select_frames(frames: torch.Tensor, num_frames: int = 16, stride: int = 4, s
                   resize_mode: str = "squash") -> tuple[torch.Tensor, int]:
     """The official selection (start, start+stride, ..., the last frame repeated past the end) and
     resize over frames already decoded, (T, H, W, 3) in [0, 1] (e.g. a ComfyUI VIDEO's images).
-    Returns ((num_frames, h, w, 3), repeated). Both modes resize with torch (bilinear,
+    Returns ((num_frames, h, w, 3), repeated). Every mode resizes with torch (bilinear,
     antialiased): only files get FFmpeg's scaler, as in the official loader."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         raise ValueError(f"expected frames (t, h, w, 3), t >= 1; got {tuple(frames.shape)}")
-    if resize_mode not in ("squash", "crop"):
-        raise ValueError(f"resize_mode must be 'squash' or 'crop', got {resize_mode!r}")
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be 'squash', 'crop' or 'letterbox', got {resize_mode!r}")
     indices, repeated = frame_indices(frames.shape[0], num_frames, stride, start)
     h, w = tuple(frames.shape[1:3]) if size is None else (int(size[0]), int(size[1]))
     out = torch.stack([_resize(frames[i].float(), (h, w), resize_mode) for i in indices])  # (t, h, w, 3)
@@ -210,6 +223,21 @@ def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
+def check_request(num_frames, stride, start, size=None, resize_mode="squash", select="index") -> None:
+    """Raise ValueError, naming the argument, for a request read_video_frames cannot take."""
+    for name, value, low in (("num_frames", num_frames, 1), ("stride", stride, 1),
+                             ("start", start, 0)):
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if size is not None and not (isinstance(size, (tuple, list)) and len(size) == 2
+                                 and all(_is_int(s) and s >= 1 for s in size)):
+        raise ValueError(f"size must be None or (height, width), positive integers; got {size!r}")
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be 'squash', 'crop' or 'letterbox', got {resize_mode!r}")
+    if select not in SELECT_MODES:
+        raise ValueError(f"select must be 'index' or 'time', got {select!r}")
+
+
 def read_video_frames(path, num_frames=16, stride=4, start=0, size=None, resize_mode="squash",
                       max_bytes=2 * 1024**3, select="index"):
     """Read frames start, start+stride, ... as float32 (t, h, w, 3) in [0, 1].
@@ -218,21 +246,21 @@ def read_video_frames(path, num_frames=16, stride=4, start=0, size=None, resize_
     another size are squashed to it). "squash" ignores the aspect ratio and resizes while
     decoding, exactly as the official loader (FFmpeg's bilinear scale); "crop" scales the
     displayed picture (pixel aspect ratio honoured) with torch (bilinear, antialiased) and centre
-    crops. select="index" (official) counts frames, select="time" follows time (see
-    time_indices). Returns (frames, info, repeated); repeated > 0 means the video was too short
-    and its last frame fills the rest.
+    crops; "letterbox" scales it the same way to fit inside the size and pads with black.
+    select="index" (official) counts frames, select="time" follows time (see time_indices).
+    Returns (frames, info, repeated); repeated > 0 means the video was too short and its last
+    frame fills the rest. read_frames_at also says which frames those are.
     """
-    for name, value, low in (("num_frames", num_frames, 1), ("stride", stride, 1),
-                             ("start", start, 0)):
-        if not _is_int(value) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if size is not None and not (isinstance(size, (tuple, list)) and len(size) == 2
-                                 and all(_is_int(s) and s >= 1 for s in size)):
-        raise ValueError(f"size must be None or (height, width), positive integers; got {size!r}")
-    if resize_mode not in ("squash", "crop"):
-        raise ValueError(f"resize_mode must be 'squash' or 'crop', got {resize_mode!r}")
-    if select not in SELECT_MODES:
-        raise ValueError(f"select must be 'index' or 'time', got {select!r}")
+    frames, info, repeated, _ = read_frames_at(path, num_frames, stride, start, size, resize_mode,
+                                               max_bytes, select)
+    return frames, info, repeated
+
+
+def read_frames_at(path, num_frames=16, stride=4, start=0, size=None, resize_mode="squash",
+                   max_bytes=2 * 1024**3, select="index"):
+    """read_video_frames, plus the source frame index of every output frame (display order,
+    counted as timeline.py does): (frames, info, repeated, indices)."""
+    check_request(num_frames, stride, start, size, resize_mode, select)
     path = str(path)
     info, timeline, orient = _inspect(path)
     needs = start + (num_frames - 1) * stride + 1
@@ -255,7 +283,7 @@ def read_video_frames(path, num_frames=16, stride=4, start=0, size=None, resize_
                 f"readable, too few for {request}"
                 + (f" (needs {needs})" if select == "index" else ""))
         warnings.warn(f"{path}: the file is truncated: {info.frame_count} frames{of} are "
-                      f"readable; {request} lie within them", stacklevel=2)
+                      f"readable; {request} lie within them", stacklevel=3)
     h, w = (info.height, info.width) if size is None else (int(size[0]), int(size[1]))
     unique = sorted(set(indices))
     # float32 output + decoded frames at native size (float32 in the worst case, crop)
@@ -269,9 +297,9 @@ def read_video_frames(path, num_frames=16, stride=4, start=0, size=None, resize_
             f"{max_bytes / 2**20:.1f} MiB")
     if repeated:
         what = (f"(needs {needs} frames), the video has {info.frame_count}" if select == "index"
-                else f"by time, the video has {info.frame_count} frames at {info.fps:.3f} fps")
+                else f"and the video has {info.frame_count} frames at {info.fps:.3f} fps")
         warnings.warn(f"{path}: asked for {request} {what}; repeating the last frame for "
-                      f"{repeated} of them", stacklevel=2)
+                      f"{repeated} of them", stacklevel=3)
 
     squash = size is None or resize_mode == "squash"
     convert = FrameConverter((h, w) if squash else None)
@@ -299,7 +327,17 @@ def read_video_frames(path, num_frames=16, stride=4, start=0, size=None, resize_
         first[i] = k
         f = torch.from_numpy(decoded[i])  # (H, W, 3) float32
         frames[k] = f if f.shape[:2] == (h, w) else _resize(f, (h, w), resize_mode, pixel_aspect)
-    return frames, info, repeated
+    return frames, info, repeated, indices
+
+
+def frame_times(path, indices) -> list[float]:
+    """Each frame's time in seconds after the first frame: from its timestamp, or index / fps
+    where the file has no usable timestamps."""
+    _, timeline, _ = _inspect(str(path))
+    if timeline.pts is None:
+        return [i / timeline.fps if timeline.fps > 0 else 0.0 for i in indices]
+    first = int(timeline.pts[0])
+    return [float((int(timeline.pts[i]) - first) * timeline.time_base) for i in indices]
 
 
 def _clear_cache():
@@ -308,5 +346,6 @@ def _clear_cache():
         _cache.clear()
 
 
-__all__ = ["VIDEO_EXTENSIONS", "SELECT_MODES", "VideoReadError", "VideoInfo", "probe_video",
-           "frame_indices", "time_indices", "read_video_frames"]
+__all__ = ["VIDEO_EXTENSIONS", "SELECT_MODES", "RESIZE_MODES", "VideoReadError", "VideoInfo",
+           "probe_video", "frame_indices", "time_indices", "read_video_frames", "read_frames_at",
+           "frame_times"]

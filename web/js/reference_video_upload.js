@@ -2,8 +2,8 @@
 // ComfyUI's own video upload button offers only mp4 and webm, and drops files whose type is not
 // video/* (GIF is image/gif), so this node gets a second button whose picker lists the pack's
 // containers. The list must equal echoreel_core.video_io.VIDEO_EXTENSIONS (a test compares them).
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 
 const NODE_ID = "EchoReel_LoadReferenceVideo";
 const VIDEO_EXTENSIONS = [
@@ -50,6 +50,7 @@ app.registerExtension({
       }
     };
     const button = node.addWidget("button", "upload_any_video", null, () => picker.click(), { serialize: false });
+    button.serialize = false; // the page saves every widget whose own serialize is not false
     button.label = "upload any video (mkv, avi, gif, webp, mpg, wmv, ...)";
     const removed = node.onRemoved;
     node.onRemoved = function () {
