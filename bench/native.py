@@ -4,8 +4,7 @@
     python bench/native.py --part call --repeats 7 --threads 1
     python bench/native.py --part memory                     # the full-size VideoCrafter2 loads
 
-Where bench/comfy_ops.py builds the core UNet class on comfy.ops directly, this measures what a
-ComfyUI user gets: the UNet inside the native MODEL that Load VideoCrafter Checkpoint returns
+This measures what a ComfyUI user gets: the UNet inside the native MODEL that Load VideoCrafter Checkpoint returns
 (nodes.model.native_model: a BaseModel whose operations ComfyUI picks, with ComfyUI's
 optimized_attention), called as BaseModel calls it.
 

@@ -34,6 +34,7 @@ from ..echoreel_core.memory import estimate_sampling_memory
 from ..echoreel_core.models.unet_lvdm import LVDMUNet
 from ..echoreel_core.models.unet_videocrafter import VideoCrafterUNet
 from ..echoreel_core.presets import ModelPreset
+from ..echoreel_core.sampling.dpmpp import sigma_table
 from ..echoreel_core.sampling.schedule import NoiseSchedule
 
 # the transformer_options["patches"] key whose patches run at every integration site:
@@ -134,13 +135,12 @@ class VideoModelSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model
 
     def __init__(self, schedule: NoiseSchedule):
         super().__init__(None)
-        abar = schedule.alphas_cumprod.float()
-        scale = None if schedule.scale_arr is None else schedule.scale_arr.float()[: abar.shape[0]]
-        self.register_buffer("alphas_cumprod", abar.clone())
-        self.register_buffer("scale_arr", None if scale is None else scale.clone())
-        sigmas = ((1 - abar.double()) / abar.double()).sqrt()
-        self.set_sigmas(sigmas if scale is None else sigmas / scale.double())
-        self.num_timesteps = abar.shape[0]
+        table = sigma_table(schedule)  # the core's (its DPM++ sampler uses the same table)
+        self.register_buffer("alphas_cumprod", table.alphas_cumprod.clone())
+        self.register_buffer("scale_arr", None if table.scale_arr is None else table.scale_arr.clone())
+        self.register_buffer("sigmas", table.sigmas.clone())
+        self.register_buffer("log_sigmas", table.log_sigmas.clone())
+        self.num_timesteps = table.sigmas.shape[0]
 
     def vp_scale(self, sigma: torch.Tensor) -> torch.Tensor:
         """sqrt(abar_t) * s_t at sigma's timestep: x_vp = x_k * vp_scale."""
