@@ -20,6 +20,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import time
 import urllib.parse
 
@@ -27,6 +28,7 @@ import pytest
 from PIL import Image
 
 from browser import Browser, missing
+from comfyui_env import ROOT
 from comfyui_server import EXAMPLES, PACK_DIR, load, serve
 
 NAMES = [path.stem for path in sorted(EXAMPLES.glob("*.json"))]
@@ -175,6 +177,19 @@ def layout_problems(state: dict, saved: dict) -> list[str]:
 
 def toasts(browser: Browser) -> list[str]:
     return browser.js("return Array.from(document.querySelectorAll('.p-toast-message')).map(t => t.innerText)")
+
+
+def test_every_script_of_the_pack_loads(page):
+    """Each web/js file is served from /extensions/<pack>/js/ and its imports resolve from there
+    (ComfyUI's scripts are three folders up): its extension is registered, and loading the page
+    logged no error about the pack's scripts (a 404 import fails the whole module)."""
+    server, browser = page
+    scripts = sorted((ROOT / "web" / "js").glob("*.js"))
+    names = [re.search(r'name: "(EchoReel\.[A-Za-z]+)"', path.read_text()).group(1) for path in scripts]
+    registered = browser.js("return app.extensions.map(e => e.name)")
+    assert set(names) <= set(registered), sorted(set(names) - set(registered))
+    errors = [e for e in browser.console_errors() if "/extensions/" in e or "scripts/" in e]
+    assert not errors, errors
 
 
 def test_template_browser_shows_every_example_with_its_thumbnail(page):

@@ -1,8 +1,8 @@
 // Find Reference Video: show the chosen clips (name, score, caption) on the node after a run.
 // The node returns them as ui text ({"text": [lines]}); ComfyUI's frontend shows such text only for
 // its own nodes, so this adds a read-only multiline text widget (not saved) that every run fills.
-import { app } from "../../scripts/app.js";
-import { ComfyWidgets } from "../../scripts/widgets.js";
+import { app } from "../../../scripts/app.js";
+import { ComfyWidgets } from "../../../scripts/widgets.js";
 
 const NODE_ID = "EchoReel_FindReferenceVideo";
 const WIDGET = "chosen_clips";
