@@ -34,7 +34,8 @@ MOTION_EXTENSIONS = {".safetensors"}  # motion files (echoreel_core/motion): Sav
 def register_model_folders() -> None:
     """models/videocrafter and models/echoreel, with the weight extensions listed, plus the pack's
     shipped toy model in each, so that the example workflows run with nothing to download; and
-    models/echoreel_motion, where Save Motion writes motion files and Load Motion lists them."""
+    models/echoreel_motion, where Save Motion writes motion files and Load Motion lists them, plus
+    the shipped toy motion file's folder (after it: Save Motion writes to the first folder)."""
     for name in ("videocrafter", "echoreel"):
         path = os.path.join(folder_paths.models_dir, name)
         if name not in folder_paths.folder_names_and_paths:
@@ -47,7 +48,10 @@ def register_model_folders() -> None:
     if "echoreel_motion" not in folder_paths.folder_names_and_paths:
         folder_paths.add_model_folder_path("echoreel_motion", os.path.join(folder_paths.models_dir, "echoreel_motion"))
     paths, extensions = folder_paths.folder_names_and_paths["echoreel_motion"]
-    folder_paths.folder_names_and_paths["echoreel_motion"] = (list(paths), set(extensions) | MOTION_EXTENSIONS)
+    shipped = str(SHIPPED_DIR / "echoreel_motion")
+    folder_paths.folder_names_and_paths["echoreel_motion"] = (
+        list(paths) + ([shipped] if shipped not in paths else []), set(extensions) | MOTION_EXTENSIONS
+    )
 
 
 def provide_example_input() -> None:
