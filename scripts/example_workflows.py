@@ -38,6 +38,10 @@ MIN_WIDTH = 280
 
 TOY_MODEL = pathlib.PurePosixPath(TOY_MODEL_FILE).name
 TOY_ECHOREEL = pathlib.PurePosixPath(TOY_ECHOREEL_FILE).name
+# the shipped motion file: `python -m echoreel_core.motion encode` of the toy reference for the prompts
+# "a red circle" / "" and the caption "a blue square" (see SAVED_MOTION_NOTE)
+TOY_MOTION_FILE = "echoreel_motion/toy_orbit.safetensors"
+TOY_MOTION = pathlib.PurePosixPath(TOY_MOTION_FILE).name
 
 
 def sha256(path: pathlib.Path) -> str:
@@ -55,7 +59,7 @@ VIDEOCRAFTER_PROJECT = "https://github.com/AILab-CVC/VideoCrafter"
 
 
 def toy_model_entry(kind: str) -> dict:
-    relative = TOY_MODEL_FILE if kind == "videocrafter" else TOY_ECHOREEL_FILE
+    relative = {"videocrafter": TOY_MODEL_FILE, "echoreel": TOY_ECHOREEL_FILE, "echoreel_motion": TOY_MOTION_FILE}[kind]
     name = pathlib.PurePosixPath(relative).name
     where = pathlib.PurePosixPath("echoreel_core/toy/shipped") / relative
     return {"name": name, "url": f"data:text/plain,ships with ComfyUI-EchoReel ({where}): nothing to download",
@@ -98,9 +102,11 @@ def prism(key, title=None, ref="reference", caption="caption", add_to=None) -> d
                 {"seed": 0, "posterior": "sample (official)"}, inputs)
 
 
-def apply(features="prism") -> dict:
-    return node("apply", "EchoReel_ApplyEchoReel", None, {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
-                {"model": ("ckpt", "MODEL"), "echoreel": ("echoreel", "echoreel"), "action_features": (features, "action_features")})
+def apply(features="prism", mask=None) -> dict:
+    inputs = {"model": ("ckpt", "MODEL"), "echoreel": ("echoreel", "echoreel"), "action_features": (features, "action_features")}
+    if mask:
+        inputs["mask"] = (mask, "MASK")
+    return node("apply", "EchoReel_ApplyEchoReel", None, {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}, inputs)
 
 
 def sampler(key, title=None, model=("apply", "MODEL"), size=(64, 64), steps=25, cfg=7.5, image=None, long=False) -> dict:
@@ -174,6 +180,28 @@ RETRIEVAL_NOTE = (
 )
 
 
+SAVED_MOTION_NOTE = (
+    "No reference video here: Load Motion reads the motion (the Action Prism's features) from a file in "
+    "models/echoreel_motion. toy_orbit.safetensors ships with the pack: the toy reference (a blue square orbiting) "
+    "encoded for the prompt \"a red circle\" and an empty negative prompt, by\n\n"
+    "python -m echoreel_core.motion encode echoreel_core/toy/shipped/input/toy_reference.mp4 --caption \"a blue "
+    "square\" --prompt \"a red circle\" --out toy_orbit.safetensors\n\n"
+    "The features depend on the prompts they were encoded with: sample with those (the node's text shows them "
+    "after a run). Save Motion writes such files from any Action Prism Encode."
+)
+
+
+def masked_half() -> list[dict]:
+    """A 64x64 MASK that is 1 on the left half and 0 on the right, from core mask nodes: a solid 0,
+    and a solid 1 of half the width added onto it at x = 0."""
+    return [
+        node("blank", "SolidMask", "Mask — everywhere 0", {"value": 0.0, "width": 64, "height": 64}),
+        node("half", "SolidMask", "Mask — left half, 1", {"value": 1.0, "width": 32, "height": 64}),
+        node("mask", "MaskComposite", "Mask — motion on the left half", {"x": 0, "y": 0, "operation": "add"},
+             {"destination": ("blank", "MASK"), "source": ("half", "MASK")}),
+    ]
+
+
 def retrieval() -> list[dict]:
     """A multiline String node feeds the prompt to both CLIP Text Encode and Find Reference Video."""
     return [
@@ -220,6 +248,31 @@ WORKFLOWS = {
          apply("prism2"), sampler("sampler"), save("save", "echoreel/two_references", "sampler")],
         [["ckpt", "echoreel", "prompt", "negative"], ["reference", "caption"], ["reference2", "caption2"],
          ["prism", "prism2", "apply"], ["sampler", "save"]],
+    ),
+    "EchoReel saved motion": (
+        [*toy_loaders(),
+         node("motion", "EchoReel_LoadMotion", None, {"motion_name": TOY_MOTION}, {"echoreel": ("echoreel", "echoreel")},
+              models=[toy_model_entry("echoreel_motion")]),
+         encode("prompt", "Prompt", "a red circle"), encode("negative", "Negative prompt", ""), apply("motion"),
+         sampler("sampler"), save("save", "echoreel/saved_motion", "sampler"),
+         node("note", "Note", "A motion file instead of a reference video", {"": SAVED_MOTION_NOTE}, size=(420, 290))],
+        [["note", "ckpt", "echoreel"], ["motion", "prompt", "negative"], ["apply", "sampler"], ["save"]],
+    ),
+    "EchoReel two motions blended": (
+        [*toy_loaders(), reference("reference", "Reference video — first"),
+         reference("reference2", "Reference video — second, half speed", stride=2), *prompts(),
+         prism("prism", "Prism Encode — first motion"), prism("prism2", "Prism Encode — second motion", ref="reference2"),
+         node("blend", "EchoReel_BlendMotion", None, {"weight_a": 0.5, "weight_b": 0.5},
+              {"motion_a": ("prism", "action_features"), "motion_b": ("prism2", "action_features")}),
+         apply("blend"), sampler("sampler"), save("save", "echoreel/two_motions_blended", "sampler")],
+        [["ckpt", "echoreel", "prompt", "negative", "caption"], ["reference"], ["reference2"], ["prism", "prism2", "blend"],
+         ["apply", "sampler", "save"]],
+    ),
+    "EchoReel masked motion": (
+        [*toy_loaders(), reference("reference"), *prompts(), prism("prism"), *masked_half(), apply(mask="mask"),
+         *native_sampling(), save("save", "echoreel/masked_motion", "decode")],
+        [["ckpt", "echoreel", "prompt", "negative"], ["reference", "caption"], ["blank", "half", "mask"],
+         ["prism", "apply", "fps"], ["latent", "sampler", "decode", "save"]],
     ),
     "EchoReel long video": (
         [*toy_loaders(), reference("reference"), *prompts(), prism("prism"), apply(), sampler("sampler", long=True),

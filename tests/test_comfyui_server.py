@@ -121,6 +121,8 @@ def test_every_node_is_registered(server):
     # the shipped toy model is listed and its reference video was put into the input folder
     assert "videocrafter2_toy.safetensors" in json.dumps(info["EchoReel_LoadVideoCrafterCheckpoint"]["input"]["required"]["ckpt_name"])
     assert (server.base / "input" / "toy_reference.mp4").is_file()
+    # and the shipped toy motion file, which the saved-motion example loads
+    assert "toy_orbit.safetensors" in info["EchoReel_LoadMotion"]["input"]["required"]["motion_name"][1]["options"]
     # and the retrieval example's toy library was written there, and is listed
     assert len(load(server.base / "input" / "toy_library" / "captions.json")) == 32
     assert "input/toy_library" in info["EchoReel_FindReferenceVideo"]["input"]["required"]["library"][1]["options"]
@@ -164,15 +166,18 @@ def test_ui_workflow_matches_object_info_and_converts_to_its_api_copy(server, ui
 
 @pytest.mark.parametrize("ui_path", UI_EXAMPLES, ids=lambda p: p.stem)
 def test_model_files_are_named_for_the_missing_models_dialog(server, ui_path):
-    """Each loader's properties.models names the file its widget holds, in a model folder the
-    server knows, with the url the frontend's schema requires; the toy files' hashes are theirs."""
+    """Each loader's properties.models (the model loaders' and Load Motion's) names the file its
+    widget holds, in a model folder the server knows, with the url the frontend's schema requires;
+    the toy files' hashes are theirs."""
     folders = set(server.get("/models"))
-    loaders = [n for n in load(ui_path)["nodes"] if n["type"] in ("EchoReel_LoadVideoCrafterCheckpoint", "EchoReel_LoadEchoReel")]
-    assert len(loaders) == 2
+    directories = {"EchoReel_LoadVideoCrafterCheckpoint": "videocrafter", "EchoReel_LoadEchoReel": "echoreel",
+                   "EchoReel_LoadMotion": "echoreel_motion"}
+    loaders = [n for n in load(ui_path)["nodes"] if n["type"] in directories]
+    assert sum(n["type"] != "EchoReel_LoadMotion" for n in loaders) == 2
     for node in loaders:
         (entry,) = node["properties"]["models"]
         assert entry["name"] == node["widgets_values"][0] and entry["name"].endswith(".safetensors")
-        assert entry["directory"] in folders and entry["directory"] in ("videocrafter", "echoreel")
+        assert entry["directory"] in folders and entry["directory"] == directories[node["type"]]
         assert entry["url"].startswith(("https://", "data:text/plain,"))
         # no download button that would fetch something else under this name
         assert not entry["url"].startswith(("https://huggingface.co/", "https://civitai.com/"))
