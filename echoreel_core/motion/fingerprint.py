@@ -24,8 +24,11 @@ _prism_hashes: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, str]]" = weakr
 
 
 def _state_key(state: dict[str, torch.Tensor]) -> tuple:
-    """What changes when any tensor is replaced or written in place (not its values: cheap)."""
-    return tuple((name, t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for name, t in state.items())
+    """What changes when any tensor is replaced or written in place (not its values: cheap). Inference
+    tensors (ComfyUI runs nodes under torch.inference_mode) keep no version counter: for them only
+    a replacement is seen, which is how a host changes weights it loaded for inference."""
+    return tuple((name, t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device, tuple(t.shape))
+                 for name, t in state.items())
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
