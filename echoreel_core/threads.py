@@ -25,13 +25,15 @@ import os
 
 import torch
 
+from .cli_args import at_least
+
 HELP = ("torch CPU threads (default: OMP_NUM_THREADS when set, else all the cores this process may use, "
         "divided between torchrun's local processes)")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """Give a CLI the shared `--threads N` option (a positive count; default None: see the module)."""
-    parser.add_argument("--threads", type=_positive_count, metavar="N", help=HELP)
+    parser.add_argument("--threads", type=at_least(1, "a whole number of threads"), metavar="N", help=HELP)
 
 
 def configure_threads(requested: int | None) -> str:
@@ -70,14 +72,3 @@ def _omp_threads() -> int | None:
     """OMP_NUM_THREADS's count when it is set to one (first entry of a nested list), else None."""
     first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     return int(first) if first.isdigit() and int(first) > 0 else None
-
-
-def _positive_count(text: str) -> int:
-    """argparse type: an integer >= 1, with an error that names what is allowed."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of threads >= 1, got {text!r}")
-    return value

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli_args import at_least
 from ..threads import add_threads_argument, configure_threads
 from .embed import TextEmbedder
 from .index import InterruptedIndexing, load_index, update_index
@@ -55,16 +56,6 @@ def _at_least_one(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m echoreel_core.library", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,14 +79,14 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("search", help="the best clips for a prompt, with scores and why")
     common(q)
     q.add_argument("prompt")
-    q.add_argument("--top", type=_count, default=5)
+    q.add_argument("--top", type=at_least(1, "a whole number"), default=5)
     q.add_argument("--seed", type=int, default=0, help="orders clips of equal score")
     q.add_argument("--filter", default="", help="words every caption must contain; -word excludes a word")
     weights(q)
     q = sub.add_parser("pairs", help="for every clip, the best other clips of its action, as training JSON")
     common(q)
     q.add_argument("--out", required=True, help="the training JSON to write")
-    q.add_argument("--per-target", type=_count, default=1, help="references per target clip (default 1)")
+    q.add_argument("--per-target", type=at_least(1, "a whole number"), default=1, help="references per target clip (default 1)")
     q.add_argument("--min-score", type=float, default=0.0, help="keep references scoring at least this")
     q.add_argument("--duplicate-threshold", type=_fraction, default=DUPLICATE_THRESHOLD,
                    help=f"picture-signature cosine from which two clips count as one source (default {DUPLICATE_THRESHOLD})")

@@ -24,6 +24,7 @@ from ..echoreel.features import Reference, action_features, encode_reference
 from ..echoreel.weights import load_echoreel
 from ..files import WriteError, make_folder
 from ..sampling.ddim import NonFiniteError
+from ..cli_args import at_least
 from ..threads import add_threads_argument, configure_threads
 from ..toy.models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, shipped
 from ..video_io import VideoReadError, frames_to_model_input, read_video_frames
@@ -33,26 +34,6 @@ from .fingerprint import file_sha256, frames_sha256
 RESIZE = ("squash", "crop")
 POSTERIOR = ("sample", "mean")
 SELECT = ("index", "time")
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,14 +48,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--negative", default="", help="the negative prompt of the unconditional branch (default: empty)")
     e.add_argument("--model", help="the video model whose VAE and text encoder are used (default: the shipped toy)")
     e.add_argument("--echoreel", help="the EchoReel weights (default: the shipped toy's)")
-    e.add_argument("--frames", type=_count, help="frames to read (default: the Prism's, 16)")
-    e.add_argument("--stride", type=_count, default=4, help="read every n-th frame (default 4, as official)")
-    e.add_argument("--start", type=_non_negative, default=0, help="the first frame to read (default 0)")
-    e.add_argument("--width", type=_count, help="frame width (default: the EchoReel weights' reference size)")
-    e.add_argument("--height", type=_count, help="frame height (default: the EchoReel weights' reference size)")
+    e.add_argument("--frames", type=at_least(1, "a whole number"), help="frames to read (default: the Prism's, 16)")
+    e.add_argument("--stride", type=at_least(1, "a whole number"), default=4, help="read every n-th frame (default 4, as official)")
+    e.add_argument("--start", type=at_least(0, "a whole number"), default=0, help="the first frame to read (default 0)")
+    e.add_argument("--width", type=at_least(1, "a whole number"), help="frame width (default: the EchoReel weights' reference size)")
+    e.add_argument("--height", type=at_least(1, "a whole number"), help="frame height (default: the EchoReel weights' reference size)")
     e.add_argument("--resize", choices=RESIZE, default="squash", help="squash (official) or crop the centre")
     e.add_argument("--select", choices=SELECT, default="index", help="frames by index (official) or by time")
-    e.add_argument("--seed", type=_non_negative, default=0, help="seed of the reference latents' posterior sample")
+    e.add_argument("--seed", type=at_least(0, "a whole number"), default=0, help="seed of the reference latents' posterior sample")
     e.add_argument("--posterior", choices=POSTERIOR, default="sample", help="a seeded posterior sample (official) or its mean")
     add_threads_argument(e)
     i = sub.add_parser("info", help="print a motion file's metadata")

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from ..files import atomic_write, make_folder
 from ..threads import add_threads_argument, configure_threads
-from .world import ACTIONS, World, _init_worker, _write_clip, at_least, caption, sample_clip
+from ..cli_args import at_least
+from .world import ACTIONS, World, _init_worker, _write_clip, caption, sample_clip
 
 # the retrieval example workflow's library: input/toy_library, written by the ComfyUI pack on its
 # first start (nodes/runtime.py provide_example_library) as `OUT_DIR --per-action 2` would

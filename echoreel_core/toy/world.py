@@ -96,6 +96,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..cli_args import at_least
 from ..threads import add_threads_argument, configure_threads
 
 # ---- the world's vocabulary ----------------------------------------------------------------------
@@ -502,20 +503,6 @@ def write_dataset(out_dir, split_name: str, n: int, seed: int = 0, *, world: Wor
 def clip_from_json(d: dict) -> ClipSpec:
     """The ClipSpec stored in a dataset entry ("clip", "target_clip" or "reference_clip")."""
     return ClipSpec(**d)
-
-
-def at_least(minimum: int, what: str = "an integer"):
-    """An argparse type for integers >= minimum: a bad value becomes a usage error that names the
-    option, the value and what is allowed (exit 2), not a traceback from deep in the writer."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {what} >= {minimum}, got {text!r}")
-        return value
-    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
