@@ -66,6 +66,59 @@ class _LiveBytes(TorchDispatchMode):
         self.live -= size
 
 
+class StorageCounter(TorchDispatchMode):
+    """The live and peak bytes of every tensor storage that ops create inside the block, plus the
+    tensors `hold()` registers (weights made before it).
+
+    Unlike _LiveBytes it counts storages, not tensors: an in-place op (which returns its input),
+    a view, or a second tensor on the same storage adds nothing, and a storage is freed when the
+    last tensor on it dies. Training needs this: AdamW updates its states in place, autograd keeps
+    views of saved tensors, and a weight registered as held must never be counted twice. Works on
+    real, meta and fake tensors alike (on fake ones `nbytes()` is what the real storage would be).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._storages: dict[int, list[int]] = {}  # storage id -> [bytes, tensors on it that we track]
+        self._tensors: set[int] = set()  # id() of the tracked tensors
+
+    def hold(self, tensors) -> None:
+        """Count tensors that already exist (weights, optimizer states) as live from now on."""
+        for tensor in tensors:
+            self._track(tensor)
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        if id(tensor) in self._tensors:
+            return
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        entry = self._storages.get(key)
+        if entry is None:
+            entry = self._storages[key] = [storage.nbytes(), 0]
+            self.live += entry[0]
+            self.peak = max(self.peak, self.live)
+        entry[1] += 1
+        self._tensors.add(id(tensor))
+        weakref.finalize(tensor, self._release, key, id(tensor))
+
+    def _release(self, key: int, tensor_id: int) -> None:
+        self._tensors.discard(tensor_id)
+        entry = self._storages[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.live -= entry[0]
+            del self._storages[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor):
+                self._track(tensor)
+        return out
+
+
 def _peak_bytes(module: torch.nn.Module, *inputs: torch.Tensor, **kwargs) -> int:
     with torch.no_grad(), _FusedAttention(), _LiveBytes() as counter:
         module(*inputs, **kwargs)
