@@ -4,9 +4,12 @@
         data.json=dataset/U91.json train.output_dir=runs/lvdm
     torchrun --nproc_per_node 4 -m echoreel_core.train --config lvdm ...     # one node, 4 GPUs
     python -m echoreel_core.train --config runs/lvdm/config.yaml --resume latest
+    python -m echoreel_core.train --config videocrafter2 --estimate-memory  # GiB per GPU, nothing loaded
 
 This module is the trainer and the command line; the configuration (schema, presets, --help
-text) is train_config.py, processes and seeds are distributed.py, checkpoints train_state.py.
+text) is train_config.py, processes and seeds are distributed.py, checkpoints train_state.py, the
+ranks' agreement train_agreement.py, the memory estimate train_memory.py, the optimizer
+train_optim.py.
 
 What it does, as the official training (docs: echoreel-official.md section 4) unless noted:
 - The base model (UNet, VAE, text encoder) is frozen; only the EchoReel Prism and integration
@@ -28,19 +31,33 @@ processes (2 GPUs with batch 2 = 1 GPU with batch 4, up to float rounding), and 
 continues exactly. The global RNGs (Python, NumPy, torch) are seeded with seed + rank and
 saved per rank in every checkpoint, for anything else that might draw from them.
 
-Scale-out: under torchrun (one node or many: the usual --nnodes/--node_rank/--rdzv_endpoint),
-DistributedDataParallel over the EchoReel parameters, nccl on CUDA and gloo on CPU; rank 0
-logs, validates and saves. The output folder must be shared by all nodes to resume. CPU
-threads (threads.py): --threads N, else OMP_NUM_THREADS, else the cores this process may use
-divided by the number of processes torchrun starts on the node (LOCAL_WORLD_SIZE), so that the
-ranks of one node do not oversubscribe its cores (torchrun's own OMP_NUM_THREADS=1 default
-counts as unset; pass --threads 1 for one thread per rank). The
-trainable part is small (0.65 B parameters for LVDM) and the frozen base is the same on every
-rank, so plain DDP fits one 24 GB+ GPU per rank with bf16 and checkpointing. FSDP or DeepSpeed
-ZeRO are not wired in; to add FSDP, wrap `TrainModule.echoreel` (not the frozen base) with
-`torch.distributed.fsdp.fully_shard` instead of DDP and gather a full state dict on rank 0 in
-`Trainer._state()`; DeepSpeed would take `TrainModule` with the same parameters and replace the
-optimizer, scaler and checkpoint code.
+Scale-out: under torchrun (one node or many: --nnodes with a c10d rendezvous, README "Several
+machines"), DistributedDataParallel over the EchoReel parameters (gradients as views into its
+buckets), nccl on CUDA and gloo on CPU; rank 0 logs, validates and saves. CPU threads
+(threads.py): --threads N, else OMP_NUM_THREADS, else the cores this process may use divided by
+the number of processes torchrun starts on the node (LOCAL_WORLD_SIZE), so that the ranks of one
+node do not oversubscribe its cores (torchrun's own OMP_NUM_THREADS=1 default counts as unset;
+pass --threads 1 for one thread per rank).
+
+A run cannot corrupt itself across machines: at every start and resume all ranks agree in one
+all-gather on the output folder (rank 0 writes a marker every rank must read: a folder per node is
+refused), the configuration, the dataset, the base model, the resumed checkpoint's step and
+sha256 and the data position (train_agreement.py); a failure on one rank stops every rank
+(distributed.together); every collective gives up after train.timeout_s (300 s), and rank 0's
+saves and validation are waited for by watching a counter it moves, so a frozen or lost node ends
+the run with one line naming the last checkpoint, which stays the last good one.
+
+Memory: `--estimate-memory` counts a training step on fake tensors (train_memory.py), and a run
+whose estimate exceeds the device's free memory is refused at start with the settings that would
+fit. The frozen base is on every GPU and AdamW keeps two fp32 states per trained weight, so the
+EchoReel part is not small: VideoCrafter2's 0.77 B trained parameters take 2.9 GiB of weights,
+2.9 of gradients and 5.7 of AdamW states. Per GPU under DDP with bf16 and checkpointing,
+VideoCrafter2 needs about 22 GiB at batch 1 and LVDM about 22 GiB at batch 4; without
+checkpointing no shipped preset fits 80 GB above batch 1 (README table). optim.offload=true moves
+the AdamW states to host memory. FSDP or DeepSpeed ZeRO are not wired in; to add FSDP, wrap
+`TrainModule.echoreel` (not the frozen base) with `torch.distributed.fsdp.fully_shard` instead of
+DDP and gather a full state dict on rank 0 in `Trainer.state()`; DeepSpeed would take
+`TrainModule` with the same parameters and replace the optimizer, scaler and checkpoint code.
 
 Outputs (train.output_dir): `config.yaml` (resolved, paths absolute), `checkpoints/step_N.pt` plus the
 `checkpoints/latest` pointer (written atomically; see train_state.py), `echoreel.safetensors`
@@ -75,15 +92,20 @@ from tqdm import tqdm
 from .checkpoints import DTYPES, CheckpointError, load_video_model
 from .data import (CacheKeys, Clip, DatasetError, Entry, PairDataset, Sample, Skip, StreamSampler, TensorCache,
                    VideoSpec, collate, fingerprint, load_entries)
-from .distributed import DistInfo, gather_objects, init_distributed, is_distributed, sample_seed, seed_globals
+from .distributed import (DistInfo, PeerFailedError, gather_objects, init_distributed, is_distributed, is_lost_peer,
+                          main_works_alone, sample_seed, seed_globals, together)
 from .echoreel.features import Reference, action_features, encode_reference
 from .echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
 from .files import WriteError, atomic_write, make_folder, temporaries
+from .memory import GiB, InsufficientMemoryError, available_bytes
 from .models import unet_lvdm, unet_videocrafter
 from .models.video_model import VideoModel
 from .pipeline import EchoReelGuidance, SamplingSettings, image_to_video, text_to_video
 from .threads import add_threads_argument, configure_threads
+from .train_agreement import AgreementError, agree, claim_output_folder, file_sha256, run_fields
 from .train_config import ConfigError, key_help, load_config, preset_configs
+from .train_memory import check_training_fits, memory_report, presets_to_estimate
+from .train_optim import build_adamw
 from .train_state import (TrainStateError, load_checkpoint, remove_stale_temporaries, resolve_checkpoint,
                           rng_state, save_checkpoint, set_rng_state)
 from .video_io import VideoReadError, frames_to_model_input, read_video_frames, stack_side_by_side, write_video
@@ -191,7 +213,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, model: VideoModel | None = None, dist_info: DistInfo | None = None):
         self.cfg = cfg
-        self.dist = dist_info or init_distributed(cfg.train.device)
+        self.dist = dist_info or init_distributed(cfg.train.device, cfg.train.timeout_s)
         for key, value in (("train.output_dir", cfg.train.output_dir), ("data.json", cfg.data.json),
                            ("model.checkpoint", model is not None or cfg.model.checkpoint)):
             if not value:
@@ -199,31 +221,99 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.precision = cfg.train.precision
-        self._read_entries()  # a broken dataset JSON fails before a large model is loaded
-        self.model = self._build_model(model)
-        self._build_data()
-        seed_globals(cfg.train.seed)  # the same initial EchoReel on every rank
-        self.echoreel = build_echoreel(cfg, self.model, self.latent_size).to(self.dist.device)
-        set_gradient_checkpointing(self.model, self.echoreel, cfg.train.gradient_checkpointing)
-        self.params = trainable_parameters(self.echoreel)
-        self.module = TrainModule(self.echoreel, self.model)
-        self.global_batch = cfg.train.batch_size * cfg.train.grad_accumulation * self.dist.world_size
+        # Every block that can fail on one rank alone is `together`: all ranks then stop with it
+        # instead of waiting for that rank in the next collective.
+        with together("reading the dataset"):
+            self._read_entries()  # a broken dataset JSON fails before a large model is loaded
+        resumed = self._agree_on_start()  # before the base model loads: a refusal costs nothing
+        with together("loading the base model"):
+            self.model = self._build_model(model)
+            self._build_data()
+            seed_globals(cfg.train.seed)  # the same initial EchoReel on every rank
+            self.echoreel = build_echoreel(cfg, self.model, self.latent_size).to(self.dist.device)
+            self._check_memory()
+        self._build_module()
         self._build_optimizer()
         self.step, self.position = 0, 0  # optimizer steps done; global samples consumed
         self.skipped, self._noted = {s.index: s for s in self.startup_skips}, set()
         self.last_loss: float | None = None
         seed_globals(cfg.train.seed + self.dist.rank)
-        resume = cfg.train.resume
-        path = resolve_checkpoint(resume, self.ckpt_dir) if resume else None
-        if path is not None:
-            self.load_state(path)
+        if resumed.get("state") is not None:
+            self.apply_state(resumed["state"], resumed["path"])
         self.ddp = None
         if self.dist.world_size > 1:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-            self.ddp = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
-        self._setup_outputs()
+            # the gradients live in DDP's all-reduce buckets instead of beside them: one copy less
+            self.ddp = nn.parallel.DistributedDataParallel(self.module, device_ids=ids, gradient_as_bucket_view=True)
+        with together("preparing the output folder"):
+            self._setup_outputs()
+
+    def _agree_on_start(self) -> dict:
+        """Every rank reads the checkpoint it would resume from, then all ranks compare what they are
+        about to train in one all-gather (train_agreement.py); returns this rank's resume (state, path)."""
+        several = self.dist.world_size > 1
+        shared = claim_output_folder(self.out, self.dist) if several else True
+        resumed = self._read_resume() if shared else {}  # a folder of its own: nothing there to trust
+        if several:
+            agree(run_fields(self.cfg, self.dist, shared, resumed))
+        if resumed.get("error"):
+            raise TrainStateError(resumed["error"])  # the same on every rank, or agree() had stopped them
+        return resumed
+
+    def _read_resume(self) -> dict:
+        """The checkpoint train.resume names, loaded on the CPU, its step, position and (with several
+        ranks, to compare) the sha256 of its bytes; a failure is returned for the agreement."""
+        if not self.cfg.train.resume:
+            return {}
+        try:
+            path = resolve_checkpoint(self.cfg.train.resume, self.ckpt_dir)
+            if path is None:
+                return {}
+            state = load_checkpoint(path)
+            digest = file_sha256(path) if self.dist.world_size > 1 else None
+        except (TrainStateError, OSError) as error:
+            return {"error": str(error)}
+        return {"path": path, "state": state, "step": state["step"], "position": state["position"], "sha256": digest}
+
+    def _check_memory(self) -> None:
+        """Refuse a run whose estimated per-GPU peak exceeds what the device has, before training
+        allocates anything (train_memory.check_training_fits)."""
+        device = self.dist.device
+        limit = available_bytes(device) if self.cfg.train.check_memory else None
+        if limit is None:
+            return
+        resident = sum(t.untyped_storage().nbytes() for module in (self.model, self.echoreel)
+                       for t in [*module.parameters(), *module.buffers()])
+        # CPU processes of one node share its memory (the GPU ones have a device each)
+        share = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+        estimate = check_training_fits(self.cfg, self.model.preset, self.dist.world_size, device, limit // share, resident)
+        if self.dist.is_main:
+            log.info("memory: about %.2f GiB per process at the peak (see --estimate-memory); %.1f GiB free",
+                     estimate.total / GiB, limit / GiB)
+
+    @classmethod
+    def shell(cls, cfg: DictConfig, model: VideoModel, echoreel: EchoReel, device: torch.device,
+              foreach: bool | None = None) -> "Trainer":
+        """A Trainer around the given modules without files, data or processes: the memory estimate
+        (train_memory.py) runs its `update` on fake tensors. Its GradScaler is off (a real one reads
+        a value back, which fake tensors have not; unscaling works in place and costs no memory)."""
+        self = cls.__new__(cls)
+        self.cfg, self.dist, self.precision = cfg, DistInfo(0, 1, 0, device), cfg.train.precision
+        self.model, self.echoreel, self.cache, self.keys, self.ddp = model, echoreel, None, None, None
+        self.fps = cfg.model.fps or model.preset.fps
+        self.skipped, self._noted = {}, set()
+        self._build_module()
+        self._build_optimizer(foreach)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+        return self
 
     # -- building --
+
+    def _build_module(self) -> None:
+        set_gradient_checkpointing(self.model, self.echoreel, self.cfg.train.gradient_checkpointing)
+        self.params = trainable_parameters(self.echoreel)
+        self.module = TrainModule(self.echoreel, self.model)
+        self.global_batch = self.cfg.train.batch_size * self.cfg.train.grad_accumulation * self.dist.world_size
 
     def _build_model(self, model: VideoModel | None) -> VideoModel:
         cfg = self.cfg
@@ -267,10 +357,9 @@ class Trainer:
         self.keys = keys
         self.fps = cfg.model.fps or preset.fps
 
-    def _build_optimizer(self) -> None:
+    def _build_optimizer(self, foreach: bool | None = None) -> None:
         o = self.cfg.optim
-        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                           weight_decay=o.weight_decay)
+        self.optimizer = build_adamw(self.params, o, offload=o.offload, foreach=foreach)
         warmup = o.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
@@ -407,18 +496,25 @@ class Trainer:
         finally:
             self.module.detach()  # the next training forward attaches again
 
-    def train_step(self, micro_batches: list[list[Sample]]) -> dict[str, float]:
-        """One optimizer step over `grad_accumulation` micro-batches; returns what is logged."""
+    def sync_context(self, last: bool):
+        """DDP all-reduces the gradients in the last micro-batch of a step only."""
+        return self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
+
+    def update(self, micro_batches: list[list[Sample]]) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer step over the micro-batches: (mean loss, gradient norm) as tensors, and the lr.
+
+        Tensor work only (no value is read back, no collective but DDP's own), so that the memory
+        estimate runs exactly this on fake tensors. The gradients are freed when it returns:
+        validation sampling and saving, which come between steps, never hold them."""
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.dist.device)
         for i, samples in enumerate(micro_batches):
             batch = self.prepare(samples)
-            last = i == len(micro_batches) - 1
-            sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
-            with sync:
+            with self.sync_context(i == len(micro_batches) - 1):
                 loss = self._forward(batch)
                 self.scaler.scale(loss / len(micro_batches)).backward()
             total += loss.detach()
+            del batch, loss  # before the next micro-batch's tensors are made
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip
         grads = [p.grad for p in self.params if p.grad is not None]
@@ -426,13 +522,19 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        del grads
         lr = self.scheduler.get_last_lr()[0]
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / len(micro_batches), grad_norm, lr
+
+    def train_step(self, micro_batches: list[list[Sample]]) -> dict[str, float]:
+        """One optimizer step over `grad_accumulation` micro-batches; returns what is logged."""
+        loss, grad_norm, lr = self.update(micro_batches)
         self.step += 1
         self.position += self.global_batch
-        loss = total / len(micro_batches)
         if is_distributed():
             dist.all_reduce(loss)
             loss /= dist.get_world_size()
@@ -459,7 +561,10 @@ class Trainer:
         }
 
     def load_state(self, path: Path) -> None:
-        state = load_checkpoint(path)
+        self.apply_state(load_checkpoint(path), path)
+
+    def apply_state(self, state: dict, path: Path) -> None:
+        """Continue from a loaded checkpoint: weights, optimizer, schedule, scaler, step, data position, RNGs."""
         if state["echoreel_config"] != self.echoreel.config.to_json():
             raise TrainStateError(f"{path}: trained an EchoReel of another configuration than this run's")
         self.echoreel.load_state_dict(state["echoreel"])
@@ -480,12 +585,12 @@ class Trainer:
 
     def save(self) -> None:
         state = self.state()  # every rank takes part in the gathers
-        if not self.dist.is_main:
-            return
-        log.info("saving checkpoint step %d", self.step)
-        path = save_checkpoint(self.ckpt_dir, self.step, state, self.cfg.train.keep_checkpoints)
-        save_echoreel(self.echoreel, self.out / "echoreel.safetensors", DTYPES[self.cfg.echoreel.export_dtype])
-        log.info("saved %s and %s", path, self.out / "echoreel.safetensors")
+        with main_works_alone(self.dist, self.cfg.train.timeout_s, f"the save of step {self.step}"):
+            if self.dist.is_main:
+                log.info("saving checkpoint step %d", self.step)
+                path = save_checkpoint(self.ckpt_dir, self.step, state, self.cfg.train.keep_checkpoints)
+                save_echoreel(self.echoreel, self.out / "echoreel.safetensors", DTYPES[self.cfg.echoreel.export_dtype])
+                log.info("saved %s and %s", path, self.out / "echoreel.safetensors")
 
     # -- validation --
 
@@ -504,6 +609,7 @@ class Trainer:
         """Rank 0: reference | without EchoReel | with EchoReel videos for a few entries."""
         if not self.dist.is_main:
             return []
+        self.optimizer.zero_grad(set_to_none=True)  # sampling's activations, not the gradients (update() frees them too)
         self.module.detach()  # sampling attaches EchoReel by itself
         self.echoreel.eval()
         written = []
@@ -598,7 +704,8 @@ class Trainer:
                     self.save()
                     saved_at = self.step
                 if self.cfg.validation.every and self.step % self.cfg.validation.every == 0:
-                    self.validate()
+                    with main_works_alone(self.dist, cfg.timeout_s, f"the validation of step {self.step}"):
+                        self.validate()
             if saved_at != self.step:
                 self.save()
         finally:
@@ -630,6 +737,11 @@ def train(cfg: DictConfig, model: VideoModel | None = None) -> TrainResult:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(argv)[0]
+
+
+def run_command(argv: list[str] | None = None) -> tuple[int, bool]:
+    """The command line: (exit status, whether another process of the run was lost)."""
     parser = argparse.ArgumentParser(
         prog="python -m echoreel_core.train",
         description="Train the EchoReel Action Prism and integration layers on (target, reference) video pairs.",
@@ -638,6 +750,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help=f"a preset ({', '.join(preset_configs())}) or a YAML file")
     parser.add_argument("--resume", help="latest | auto | a checkpoint path (same as train.resume=...)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    parser.add_argument("--estimate-memory", action="store_true",
+                        help="print the per-GPU memory this configuration needs (checkpointing on and off, one GPU "
+                             "and DDP) and exit; counted on fake tensors, nothing is loaded or allocated")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
     add_threads_argument(parser)
     args = parser.parse_args(argv)
@@ -645,20 +760,49 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s %(levelname)s [rank {rank}] %(message)s", stream=sys.stderr)
     log.info("%s", configure_threads(args.threads))
+    cfg, lost = None, False
     try:
         cfg = load_config(args.config, args.overrides + ([f"train.resume={args.resume}"] if args.resume else []))
         if args.print_config:
             print(OmegaConf.to_yaml(cfg))
-            return 0
+            return 0, False
+        if args.estimate_memory:
+            device = "cpu" if cfg.train.device == "cpu" else "cuda"
+            print(memory_report(cfg, presets_to_estimate(cfg), device))
+            return 0, False
         train(cfg)
-    except (ConfigError, DatasetError, TrainStateError, CheckpointError, WriteError) as error:
+    except RuntimeError as error:  # first: PeerFailedError and the collectives' errors are RuntimeErrors
+        if not isinstance(error, (PeerFailedError, AgreementError)) and not is_lost_peer(error):
+            raise
+        lost = isinstance(error, PeerFailedError) or is_lost_peer(error)
+        log.error("%s", lost_peer_message(error, cfg) if is_lost_peer(error) else error)
+        return 2, lost
+    except (ConfigError, DatasetError, TrainStateError, CheckpointError, WriteError, InsufficientMemoryError) as error:
         log.error("%s", error)
-        return 2
+        return 2, False
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+        if dist.is_available() and dist.is_initialized() and not lost:
+            dist.destroy_process_group()  # (after a lost peer it would wait for that peer)
+    return 0, False
+
+
+def lost_peer_message(error: RuntimeError, cfg: DictConfig) -> str:
+    """One line for a collective that a peer did not answer: what happened, the timeout, the checkpoint."""
+    checkpoints = Path(cfg.train.output_dir) / "checkpoints"
+    try:
+        latest = resolve_checkpoint("latest", checkpoints)
+    except TrainStateError:
+        latest = None
+    kept = f"the last checkpoint on disk is {latest}" if latest else "no checkpoint had been saved"
+    return (f"lost contact with another process of the run: {str(error).splitlines()[0]} (train.timeout_s="
+            f"{cfg.train.timeout_s}: a process that is frozen, killed or cut off is given up after that long); "
+            f"{kept}; with torchrun --max-restarts and train.resume=auto the run continues from it")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status, lost = run_command()
+    if lost:  # end now: the process group's threads would wait for the lost peer, and torchrun should see
+        logging.shutdown()  # this worker fail at once (its restart then counts, as the failed one's does)
+        sys.stdout.flush()
+        os._exit(status)
+    sys.exit(status)

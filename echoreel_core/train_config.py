@@ -76,6 +76,8 @@ class OptimSection:
     eps: float = _opt(1e-8, "AdamW eps")
     warmup_steps: int = _opt(0, "linear learning-rate warmup steps (official 0)")
     grad_clip: Optional[float] = _opt(None, "clip the gradient norm to this (null: off, as official)")
+    offload: bool = _opt(False, "keep AdamW's fp32 states (and a master copy of the weights) in host RAM, not on "
+                                "the GPU: 2x the trained weights' bytes less GPU memory, 4x more RAM per process")
 
 
 @dataclass
@@ -94,6 +96,10 @@ class TrainSection:
     log_every: int = _opt(1, "write a CSV/TensorBoard row every N steps")
     device: str = _opt("auto", "auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
     resume: Optional[str] = _opt(None, "latest | auto (latest if any) | a checkpoint path (also --resume)")
+    timeout_s: int = _opt(300, "seconds a process waits for the others (a collective, rank 0's saves) before the "
+                               "run ends with an error naming the lost peer; the checkpoint on disk stays the last good one")
+    check_memory: bool = _opt(True, "estimate the per-GPU memory at start and refuse a run that does not fit "
+                                    "(see --estimate-memory)")
 
 
 @dataclass
@@ -175,6 +181,7 @@ def validate_config(cfg: DictConfig) -> None:
         (cfg.train.batch_size >= 1 and cfg.train.grad_accumulation >= 1 and cfg.train.max_steps >= 1,
          "train.batch_size, train.grad_accumulation and train.max_steps must be at least 1"),
         (cfg.train.save_every >= 1, "train.save_every must be at least 1"),
+        (cfg.train.timeout_s >= 1, "train.timeout_s must be at least 1 second"),
         (len(cfg.train.timesteps) == 2 and 0 <= cfg.train.timesteps[0] < cfg.train.timesteps[1] <= 1000,
          "train.timesteps must be [first, last) with 0 <= first < last <= 1000"),
         (cfg.validation.format in ("mp4", "gif"), "validation.format must be mp4 or gif"),
