@@ -125,7 +125,8 @@ def test_help_shows_the_real_defaults(capsys):
     text = capsys.readouterr().out
     for shown in ("train.grad_accumulation [1]:", "train.log_every [1]:", "data.start [0]:", "optim.warmup_steps [0]:",
                   "validation.eta [1.0]:", "train.gradient_checkpointing [false]:", "data.cache [false]:",
-                  "model.checkpoint [null]:", "train.precision [fp32]:", "--threads N"):
+                  "model.checkpoint [null]:", "train.precision [fp32]:", "--threads N", "train.timeout_s [300]:",
+                  "train.check_memory [true]:", "optim.offload [false]:", "--estimate-memory"):
         assert shown in text, shown
 
 
