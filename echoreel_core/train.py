@@ -286,7 +286,14 @@ class Trainer:
                        for t in [*module.parameters(), *module.buffers()])
         # CPU processes of one node share its memory (the GPU ones have a device each)
         share = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
-        estimate = check_training_fits(self.cfg, self.model.preset, self.dist.world_size, device, limit // share, resident)
+        try:
+            estimate = check_training_fits(self.cfg, self.model.preset, self.dist.world_size, device, limit // share,
+                                           resident)
+        except InsufficientMemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - an estimate that cannot run must not stop a run that may fit
+            log.warning("the memory estimate failed (%s: %s); memory not checked", type(error).__name__, error)
+            return
         if self.dist.is_main:
             log.info("memory: about %.2f GiB per process at the peak (see --estimate-memory); %.1f GiB free",
                      estimate.total / GiB, limit / GiB)
