@@ -19,7 +19,6 @@ encoded again, "<name>_copy.mp4", the same caption), which `library pairs` must 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -27,10 +26,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..files import atomic_write, make_folder
+from ..files import make_folder
 from ..threads import add_threads_argument, configure_threads
 from ..cli_args import at_least
-from .world import ACTIONS, World, _init_worker, _write_clip, caption, sample_clip
+from .world import ACTIONS, World, caption, sample_clip, write_clips, write_json
 
 # the retrieval example workflow's library: input/toy_library, written by the ComfyUI pack on its
 # first start (nodes/runtime.py provide_example_library) as `OUT_DIR --per-action 2` would
@@ -64,25 +63,9 @@ def write_library(out_dir, per_action: int, seed: int = 0, *, world: World = Wor
     entries = [{"video": f"videos/{name}.mp4", "caption": caption(spec.colour, spec.shape, spec.action),
                 "action": spec.action, "clip": asdict(spec)} for name, spec in named]
     jobs = [(spec, world, folder / "videos" / f"{name}.mp4") for name, spec in named]
-    if workers == 1:
-        done, pool = map(_write_clip, jobs), None
-    else:
-        import concurrent.futures
-        import multiprocessing
-
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                      initializer=_init_worker)
-        done = pool.map(_write_clip, jobs, chunksize=8)
-    try:
-        for k, _ in enumerate(done, 1):
-            if progress is not None:
-                progress(k, len(jobs))
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    write_clips(jobs, workers, progress)
     path = folder / "captions.json"
-    text = json.dumps(entries, indent=1, ensure_ascii=False) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_json(path, entries)  # last: a captions file on disk means all its videos are there
     return path
 
 

@@ -412,7 +412,7 @@ def sample_pair(rng: random.Random, action: str, world: World, pair_motion: str 
     return target, reference
 
 
-def _write_json(path: Path, data) -> None:
+def write_json(path: Path, data) -> None:
     from ..files import atomic_write
 
     text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
@@ -425,6 +425,27 @@ def _write_clip(job) -> None:
 
     spec, world, path = job
     write_video(path, render(spec, world, world.file_frames), world.file_fps)
+
+
+def write_clips(jobs: list, workers: int, progress=None) -> None:
+    """Write (spec, world, path) clips, in `workers` spawned processes when more than one;
+    progress(done, total) after each. A failure cancels the clips not started."""
+    if workers == 1:
+        done, pool = map(_write_clip, jobs), None
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                      initializer=_init_worker)
+        done = pool.map(_write_clip, jobs, chunksize=8)
+    try:
+        for k, _ in enumerate(done, 1):
+            if progress is not None:
+                progress(k, len(jobs))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def _init_worker() -> None:
@@ -474,29 +495,13 @@ def write_dataset(out_dir, split_name: str, n: int, seed: int = 0, *, world: Wor
                 "action": action, "target_clip": asdict(target), "reference_clip": asdict(reference),
             })
 
-    if workers == 1:
-        done = map(_write_clip, jobs)
-        pool = None
-    else:
-        import concurrent.futures
-        import multiprocessing
-
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                      initializer=_init_worker)
-        done = pool.map(_write_clip, jobs, chunksize=8)
-    try:
-        for k, _ in enumerate(done, 1):
-            if progress is not None:
-                progress(k, len(jobs))
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    write_clips(jobs, workers, progress)
     meta = {"split": split_name, "seed": seed, "world": asdict(world), "actions": asdict(split),
             "name_actions": name_actions, "pair_motion": pair_motion,
             "drop_action": drop_action if split_name == "base" else None}
-    _write_json(folder / "world.json", meta)
+    write_json(folder / "world.json", meta)
     path = folder / f"{split_name}.json"
-    _write_json(path, entries)  # last: a JSON on disk means all its videos are there
+    write_json(path, entries)  # last: a JSON on disk means all its videos are there
     return path
 
 
