@@ -29,6 +29,7 @@ from ..echoreel_core.echoreel.control import Curve, site_weights, weighted_resid
 from ..echoreel_core.echoreel.features import ActionFeatures
 from ..echoreel_core.echoreel.report import InjectionError, InjectionLog, InjectionReport
 from ..echoreel_core.models.ops import compute_dtype
+from .model import SITE_PATCH
 
 REPORT_KEY = "echoreel_injection_report"  # the OUTER_SAMPLE wrapper's key on the patched clone
 
@@ -101,9 +102,6 @@ class EchoReelPatch:
         if self.schedule is None:
             return self.strength
         return self.strength * self.schedule(self.percent(sigma))
-
-    def active(self, options: dict) -> bool:
-        return self.scale(float(options["sigmas"].reshape(-1)[0])) != 0.0
 
     def __call__(self, tokens: torch.Tensor, options: dict) -> torch.Tensor:
         # tokens: ((b h w), t, c), rows grouped by sample; options: transformer_options + the site
@@ -193,7 +191,5 @@ class EchoReelPatch:
 
 def echoreel_patches(model: ModelPatcher) -> list[EchoReelPatch]:
     """The EchoReel patches on a MODEL (other packs' patches under the same key are not ours)."""
-    from .model import SITE_PATCH
-
     patches = model.model_options.get("transformer_options", {}).get("patches", {}).get(SITE_PATCH, [])
     return [p for p in patches if isinstance(p, EchoReelPatch)]
