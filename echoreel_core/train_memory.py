@@ -40,6 +40,7 @@ from safetensors import safe_open
 from .checkpoints import DTYPES, FORMAT as VIDEO_MODEL_FORMAT, CheckpointError, read_state_dict
 from .data import Clip, Sample
 from .detect import detect_preset
+from .echoreel.integration import position_code
 from .memory import GiB, InsufficientMemoryError, StorageCounter, estimate_sampling_memory
 from .models.video_model import VideoModel
 from .presets import PRESETS, ModelPreset
@@ -140,7 +141,12 @@ def estimate_training_memory(cfg: DictConfig, preset: ModelPreset, world_size: i
     if key not in _estimates:
         if len(_estimates) > 64:
             _estimates.clear()
-        _estimates[key] = _count_training_step(cfg, preset, world_size, device_type)
+        try:
+            _estimates[key] = _count_training_step(cfg, preset, world_size, device_type)
+        finally:
+            # the position code is cached per grid: a code made from fake tensors must not outlive the
+            # count (the real run that follows would get it: query_positions, the toy's config)
+            position_code.cache_clear()
     return _estimates[key]
 
 

@@ -181,6 +181,7 @@ def test_training_timesteps_are_drawn_from_the_configured_range(world, tmp_path)
 def test_position_aware_queries_come_from_the_config_and_must_match_init_weights(world, tmp_path):
     trainer = Trainer(load_config(None, overrides(world, tmp_path / "a", "echoreel.query_positions=true")))
     assert trainer.echoreel.config.query_positions
+    assert trainer.fit().step == 2  # after the memory check's fake step: its position code was not kept
     init = save_echoreel(trainer.echoreel, tmp_path / "init.safetensors")
     with pytest.raises(ConfigError, match="these weights have query_positions=True, the config says False"):
         Trainer(load_config(None, overrides(world, tmp_path / "b", f"echoreel.init={init}")))
