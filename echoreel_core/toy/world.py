@@ -30,17 +30,28 @@ Actions (`ACTIONS`, id -> caption phrase)
     (horizontal, one period, rightwards first), "bouncing up and down" (vertical, one period,
     upwards first), "orbiting clockwise" / "orbiting anticlockwise" (as seen on screen, 0.75 to 1
     turn), "zigzagging" (rightwards along 4 alternating up-right / down-right strokes), "growing",
-    "shrinking" (geometric: constant rate of log-size) and "pulsing" (grows, then shrinks back).
+    "shrinking" (geometric: constant rate of log-size) and "pulsing" (grows, then shrinks back);
+    and four motions that no trained action shows as a whole, held out from the start:
+    "accelerating in a straight line" (`accelerate`: from rest, the distance covered grows as
+    tau^1.7 to tau^2.3, at any angle), "curving in an arc" (`arc`: 0.35 to 0.55 of a turn, either
+    way round, from any start angle: never a whole orbit), "turning a corner" (`corner`: an L at
+    constant speed, along one axis, then at tau 0.42 to 0.58 along a perpendicular one, any of
+    the 8 such L's) and "drifting diagonally while expanding" (`drift_grow`: one of the 4
+    diagonal moves while the size grows geometrically from 0.7-0.8x to 1.3-1.45x).
     Per clip, the seeds vary the speed or amplitude (55-90 % of the room the frame leaves), the
-    start position, the object size, the growth factors, the orbit's start angle and turn and the
-    zigzag's steepness, always keeping the whole object inside the frame with a 1-pixel margin.
+    start position, the object size, the growth factors, the orbit's and the arc's start angle and
+    turn, the zigzag's steepness, and the new motions' direction, ease-in power and bend, always
+    keeping the whole object inside the frame with a 1-pixel margin. Each action draws only from
+    its own clip's seeds, so adding an action changes no clip of the others.
 
 The split (`Split`, `DEFAULT_SPLIT`)
     base (the base text-to-video model learns these): moving left/right/up/down.
     prism (the Action Prism and the integration layers learn from pairs of these): the four base
     moves, the four diagonal moves, back and forth, up and down, orbiting anticlockwise, growing,
     pulsing.
-    held_out (evaluation only; neither model sees them): orbiting clockwise, zigzagging, shrinking.
+    held_out (evaluation only; neither model sees them): orbiting clockwise, zigzagging, shrinking
+    (`HELD_OUT_GROUPS["original"]`), and accelerating, the arc, the corner and drifting while
+    expanding (`HELD_OUT_GROUPS["new_motions"]`), which the evaluation reports as two groups.
     Why: the base set is closed under reversal (each move and its opposite), so a base model that
     is given no action (see the captions) picks a seen move at random, and its motion's cosine
     with any held-out reference averages to about 0: the "without EchoReel" baseline the spec
@@ -48,7 +59,10 @@ The split (`Split`, `DEFAULT_SPLIT`)
     Prism set spans the primitives a general motion copier needs (translation in all 8
     directions, reversals, a curve, growth and shrinkage inside pulsing), so each held-out action
     is new as a whole but composed of learnt primitives: orbiting clockwise is the mirror of a
-    trained orbit, zigzagging chains trained diagonal strokes, shrinking is growing reversed.
+    trained orbit, zigzagging chains trained diagonal strokes, shrinking is growing reversed. The
+    new motions step further from what was trained: a speed that changes within the clip (every
+    trained move keeps its speed, or follows a sine), a part of a circle either way round, a bend
+    between two straight moves, and a move and a size change at once (trained only apart).
 
 Captions (`caption`, the `name_actions` policy)
     "a red circle moving left": the object, then the action's phrase when the policy names it.
@@ -69,8 +83,9 @@ Pairs (`pair_motion`)
     on different backgrounds. "copy" (default): the target moves along exactly the reference's
     trajectory (same positions and sizes per frame), the easiest signal for a small model and the
     motion the fidelity measure compares against. "rescale": the same motion pattern (orbit
-    start angle and turn, zigzag steepness) with its own speed, amplitude, start position and size:
-    the displacement sequences then differ only by a scale, which the cosine ignores.
+    start angle and turn, zigzag steepness, ...: the pattern seed's, see `ClipSpec`) with its own
+    speed, amplitude, start position and size: the displacement sequences then differ only by a
+    scale, which the cosine ignores (and by the growth factors, for the actions that change size).
 
 Datasets (`write_dataset`; `python -m echoreel_core.toy.world OUT_DIR`)
     prism / eval: the official training JSON (a list of {input_text, gt_video_path, inject_text,
@@ -119,7 +134,7 @@ MIN_FRAMES = 2  # designed frames: a motion needs two
 class Action:
     id: str
     phrase: str  # what captions say
-    kind: str  # "move", "oscillate", "orbit", "zigzag", "size"
+    kind: str  # "move", "oscillate", "orbit", "zigzag", "size", "accelerate", "arc", "corner", "move_size"
 
 
 def _actions() -> dict[str, Action]:
@@ -133,7 +148,12 @@ def _actions() -> dict[str, Action]:
               Action("zigzag", "zigzagging", "zigzag"),
               Action("grow", "growing", "size"),
               Action("shrink", "shrinking", "size"),
-              Action("pulse", "pulsing", "size")):
+              Action("pulse", "pulsing", "size"),
+              # held out from the start, never trained on: motions no other action shows as a whole
+              Action("accelerate", "accelerating in a straight line", "accelerate"),
+              Action("arc", "curving in an arc", "arc"),
+              Action("corner", "turning a corner", "corner"),
+              Action("drift_grow", "drifting diagonally while expanding", "move_size")):
         out[a.id] = a
     return out
 
@@ -223,8 +243,16 @@ DEFAULT_SPLIT = Split(
     prism=("move_left", "move_right", "move_up", "move_down",
            "move_up_left", "move_up_right", "move_down_left", "move_down_right",
            "back_and_forth", "up_and_down", "orbit_ccw", "grow", "pulse"),
-    held_out=("orbit_cw", "zigzag", "shrink"),
+    held_out=("orbit_cw", "zigzag", "shrink", "accelerate", "arc", "corner", "drift_grow"),
 )
+
+# the held-out actions in two groups, which the evaluation reports apart: the first three, and the
+# motions added later that no trained action resembles as a whole (curve, corner, acceleration,
+# move with size change)
+HELD_OUT_GROUPS: dict[str, tuple[str, ...]] = {
+    "original": ("orbit_cw", "zigzag", "shrink"),
+    "new_motions": ("accelerate", "arc", "corner", "drift_grow"),
+}
 
 
 # ---- clips ---------------------------------------------------------------------------------------
@@ -232,7 +260,8 @@ DEFAULT_SPLIT = Split(
 @dataclass(frozen=True)
 class ClipSpec:
     """One clip. motion_seed: speed/amplitude, start position, size, growth factors.
-    pattern_seed: the motion's form (orbit start angle and turn, zigzag steepness).
+    pattern_seed: the motion's form (orbit or arc start angle and turn, zigzag steepness, the
+    direction of an acceleration, a corner or a drift, the ease-in power, where the corner bends).
     look_seed: background level and texture."""
 
     action: str
@@ -294,6 +323,27 @@ def _pattern(action: str, tau: torch.Tensor, pat: random.Random):
         i = u.floor().clamp(max=3).long()
         y = ys[i] + (ys[i + 1] - ys[i]) * (u - i)
         return 4 * tau, y
+    if action == "accelerate":
+        # from rest, ease-in: the distance covered grows as tau^power, along a line at any angle
+        angle, power = pat.uniform(0, 2 * math.pi), pat.uniform(1.7, 2.3)
+        s = tau**power
+        return math.cos(angle) * s, math.sin(angle) * s
+    if action == "arc":
+        # a part of a circle, 0.35 to 0.55 of a turn, either way round: never a whole orbit
+        start, turn, way = pat.uniform(0, 2 * math.pi), pat.uniform(0.35, 0.55), pat.choice((1, -1))
+        angle = start + way * 2 * math.pi * turn * tau
+        return torch.cos(angle), torch.sin(angle)
+    if action == "corner":
+        # an L at constant speed: along one axis until tau = bend, then along a perpendicular one
+        first = pat.choice(((1, 0), (-1, 0), (0, 1), (0, -1)))
+        side = pat.choice((1, -1))
+        second = (-first[1] * side, first[0] * side)
+        bend = pat.uniform(0.42, 0.58)
+        a, b = tau.clamp(max=bend), (tau - bend).clamp(min=0)
+        return first[0] * a + second[0] * b, first[1] * a + second[1] * b
+    if action == "drift_grow":
+        dx, dy = _DIRECTIONS[pat.choice(("up_left", "up_right", "down_left", "down_right"))]
+        return dx * tau, dy * tau
     return zero, zero  # size actions stay in place
 
 
@@ -304,6 +354,9 @@ def _log_scale(action: str, tau: torch.Tensor, mot: random.Random) -> torch.Tens
         return start + (end - start) * tau
     if action == "pulse":
         return math.log(mot.uniform(1.5, 1.8)) * torch.sin(math.pi * tau)
+    if action == "drift_grow":
+        small, big = math.log(mot.uniform(0.7, 0.8)), math.log(mot.uniform(1.3, 1.45))
+        return small + (big - small) * tau
     return torch.zeros_like(tau)
 
 
@@ -318,8 +371,10 @@ def trajectory(spec: ClipSpec, world: World = World(), n: int | None = None):
     dense = torch.linspace(0, 1, 64 * 15 + 1, dtype=torch.float64)
     dx, dy = _pattern(spec.action, dense, random.Random(spec.pattern_seed))
     # half-extent in pixels at 64x64: 6 to 8.5; pulsing peaks at 1.5-1.8x, growth spans 0.6-0.7x to
-    # 1.3-1.5x: the object is never under ~8 pixels (one f8 latent pixel) or over ~26 pixels wide
-    base_size = {"pulse": (5.0, 6.5), "grow": (7.0, 8.5), "shrink": (7.0, 8.5)}.get(spec.action, (6.0, 8.5))
+    # 1.3-1.5x, drifting while expanding 0.7-0.8x to 1.3-1.45x of 6 to 7.5: the object is never
+    # under ~8 pixels (one f8 latent pixel) or over ~26 pixels wide
+    base_size = {"pulse": (5.0, 6.5), "grow": (7.0, 8.5), "shrink": (7.0, 8.5),
+                 "drift_grow": (6.0, 7.5)}.get(spec.action, (6.0, 8.5))
     base_size = mot.uniform(*base_size)
     state = mot.getstate()
     r = base_size * unit * torch.exp(_log_scale(spec.action, tau, mot))
