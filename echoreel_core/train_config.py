@@ -132,7 +132,7 @@ class ConfigError(ValueError):
 
 
 def preset_configs() -> dict[str, Path]:
-    """Shipped presets by short name: lvdm, videocrafter2, videocrafter1_t2v, videocrafter1_i2v."""
+    """Shipped presets by short name: lvdm, videocrafter2, videocrafter1_t2v, videocrafter1_i2v, toy, toy_i2v."""
     return {p.stem.removeprefix("train_"): p for p in sorted(CONFIG_DIR.glob("train_*.yaml"))}
 
 

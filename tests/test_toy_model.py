@@ -18,7 +18,8 @@ from echoreel_core.toy import metrics, pretrain, retrain
 from echoreel_core.toy.evaluate import EvalSettings, evaluate
 from echoreel_core.toy.evaluate import main as evaluate_main
 from echoreel_core.toy.models import (
-    SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_PRESET, TOY_REFERENCE_FILE, shipped,
+    SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_FIRST_FRAME_FILE, TOY_I2V_ECHOREEL_FILE, TOY_I2V_MODEL_FILE, TOY_I2V_PRESET,
+    TOY_MODEL_FILE, TOY_PRESET, TOY_REFERENCE_FILE, shipped,
 )
 from echoreel_core.toy.world import DEFAULT_SPLIT, HELD_OUT_GROUPS, World, write_dataset
 from echoreel_core.video_io import read_video_frames
@@ -130,14 +131,16 @@ def refuse_the_shipped_folder(write):
 
 
 def test_retrain_runs_every_stage_end_to_end(tmp_path, monkeypatch):
-    """The one retraining command at 2-4 steps a stage: data, VAE, base (three phases), EchoReel, ship,
-    evaluate; by default into the work folder, never over the shipped files."""
-    for name in ("save_video_model", "save_echoreel", "write_demo_reference"):
+    """The one retraining command at 2-4 steps a stage: data, VAE, base (three phases), EchoReel, the
+    image-to-video toy and its EchoReel, ship, evaluate both; by default into the work folder, never
+    over the shipped files."""
+    for name in ("save_video_model", "save_echoreel", "write_demo_reference", "write_first_frame"):
         monkeypatch.setattr(retrain, name, refuse_the_shipped_folder(getattr(retrain, name)))
     out = tmp_path / "work" / "shipped"  # the default --out
     code = retrain.main(["--work", str(tmp_path / "work"), "--pairs", "4", "--vae-steps", "2",
                          "--base-steps", "2", "--motion-steps", "2", "--detail-steps", "2",
-                         "--echoreel-steps", "2", "--eval-pairs", "1", "--eval-steps", "2", "--threads", "1"])
+                         "--echoreel-steps", "2", "--i2v-steps", "2", "--echoreel-i2v-steps", "2",
+                         "--eval-pairs", "1", "--eval-steps", "2", "--threads", "1"])
     assert code == 0
     assert torch.get_num_threads() == 1  # --threads reached the trainer and the evaluation (conftest.py's count)
     model = load_video_model(out / TOY_MODEL_FILE)
@@ -146,14 +149,22 @@ def test_retrain_runs_every_stage_end_to_end(tmp_path, monkeypatch):
     retrained.check_fits(model.preset, model.unet)
     assert retrained.config.query_positions  # from the toy training config
     assert (out / TOY_REFERENCE_FILE).is_file()
-    assert json.loads((tmp_path / "work" / "eval" / "report.json").read_text())["overall"]["pairs"] == 1
+    i2v = load_video_model(out / TOY_I2V_MODEL_FILE)
+    assert i2v.preset.name == TOY_I2V_PRESET.name and i2v.preset.vae == model.preset.vae  # one VAE for both toys
+    load_echoreel(out / TOY_I2V_ECHOREEL_FILE).check_fits(i2v.preset, i2v.unet)
+    first = metrics.track(read_video_frames(out / TOY_FIRST_FRAME_FILE, num_frames=1)[0])
+    assert metrics.video_object(first) == ("red", "circle")
+    for report in ("eval", "eval_i2v"):
+        assert json.loads((tmp_path / "work" / report / "report.json").read_text())["overall"]["pairs"] == 1
     # a second run finds every stage done (their outputs untouched) and only ships and evaluates again
     stages = [tmp_path / "work" / name for name in ("vae.safetensors", "base.safetensors", "base_motion.safetensors",
                                                     "base_detail.safetensors", "echoreel/echoreel.safetensors",
+                                                    "i2v.safetensors", "echoreel_i2v/echoreel.safetensors",
                                                     "data/prism/prism.json")]
     written = [p.stat().st_mtime_ns for p in stages]
     elsewhere = tmp_path / "elsewhere"
     assert retrain.main(["--work", str(tmp_path / "work"), "--out", str(elsewhere), "--eval-pairs", "1",
                          "--eval-steps", "2", "--threads", "1"]) == 0
     assert [p.stat().st_mtime_ns for p in stages] == written
-    assert all((elsewhere / name).is_file() for name in (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE))
+    assert all((elsewhere / name).is_file() for name in (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE,
+                                                         TOY_I2V_MODEL_FILE, TOY_I2V_ECHOREEL_FILE, TOY_FIRST_FRAME_FILE))

@@ -85,10 +85,12 @@ def echoreel_params(trainer: Trainer) -> dict[str, torch.Tensor]:
 # ---- configuration --------------------------------------------------------------------------------
 
 def test_presets_and_overrides_load_and_help_lists_the_keys(capsys, tmp_path):
-    assert set(preset_configs()) == {"lvdm", "videocrafter2", "videocrafter1_t2v", "videocrafter1_i2v", "toy"}
-    toy = load_config("toy")  # the toy model's own settings
+    assert set(preset_configs()) == {"lvdm", "videocrafter2", "videocrafter1_t2v", "videocrafter1_i2v", "toy",
+                                     "toy_i2v"}
+    toy, toy_i2v = load_config("toy"), load_config("toy_i2v")  # the toy models' own settings
     assert toy.train.timesteps == [600, 1000] and toy.echoreel.query_positions and toy.train.max_steps == 3000
-    for name in set(preset_configs()) - {"toy"}:  # the official hyper-parameters
+    assert toy_i2v.echoreel.prism == toy.echoreel.prism and toy_i2v.model.expect == "videocrafter1-i2v-toy"
+    for name in set(preset_configs()) - {"toy", "toy_i2v"}:  # the official hyper-parameters
         cfg = load_config(name, ["train.batch_size=1"])
         assert cfg.optim.lr == 1e-4 and list(cfg.optim.betas) == [0.9, 0.9] and cfg.optim.weight_decay == 0.03
         assert cfg.train.batch_size == 1 and cfg.data.frames == 16 and cfg.data.stride == 4

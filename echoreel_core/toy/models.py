@@ -8,7 +8,11 @@ why:
     UNet: 32 channels, levels (1, 2) = 8x8 and 4x4, one block per level, attention at both;
         16-wide heads, 8 norm groups (32 groups would leave one channel per group at this width).
     Text: width 64, 2 layers of 2 heads; its context is the UNet's 64-wide cross-attention input.
-The weights' own metadata holds this preset, so loaders never guess it from file names.
+`TOY_I2V_PRESET` is VideoCrafter1's image-to-video architecture on the same UNet, VAE and text
+encoder: the UNet gets the decoupled image cross-attention, and an OpenCLIP-style vision tower
+(64x64 images in 8x8 patches, width 64, 2 layers) feeds a Resampler (2 layers, 16 queries of the
+UNet's 64-wide context). It is trained from the text-to-video toy (pretrain.py, stage `i2v`).
+The weights' own metadata holds these presets, so loaders never guess them from file names.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import dataclasses
 from pathlib import Path
 
 from ..models.autoencoder import AutoencoderConfig
+from ..models.image_encoders import OpenCLIPVisionConfig, ResamplerConfig
 from ..models.text_encoders import OpenCLIPTextConfig
 from ..presets import PRESETS, ModelPreset
 
@@ -25,6 +30,9 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 TOY_MODEL_FILE = "videocrafter/videocrafter2_toy.safetensors"  # VAE + text encoder + UNet (fp16)
 TOY_ECHOREEL_FILE = "echoreel/echoreel_videocrafter2_toy.safetensors"  # Action Prism + integration layers
 TOY_REFERENCE_FILE = "input/toy_reference.mp4"  # a held-out action (orbiting clockwise), for the demo
+TOY_I2V_MODEL_FILE = "videocrafter/videocrafter1_i2v_toy.safetensors"  # the image-to-video toy (fp16)
+TOY_I2V_ECHOREEL_FILE = "echoreel/echoreel_videocrafter1_i2v_toy.safetensors"  # EchoReel for it
+TOY_FIRST_FRAME_FILE = "input/toy_first_frame.png"  # a red circle where the demo reference's orbit starts
 
 
 def _toy_preset() -> ModelPreset:
@@ -40,6 +48,19 @@ def _toy_preset() -> ModelPreset:
 
 
 TOY_PRESET = _toy_preset()
+
+
+def _toy_i2v_preset() -> ModelPreset:
+    vc1 = PRESETS["videocrafter1-i2v-512"]
+    unet = dataclasses.replace(TOY_PRESET.unet, image_cross_attention=True)
+    vision = OpenCLIPVisionConfig(width=64, layers=2, heads=2, patch_size=8, image_size=64, output_dim=64)
+    resampler = ResamplerConfig(dim=64, depth=2, dim_head=16, heads=4, num_queries=16, embedding_dim=64,
+                                output_dim=unet.context_dim)
+    return dataclasses.replace(vc1, name="videocrafter1-i2v-toy", unet=unet, vae=TOY_PRESET.vae, text=TOY_PRESET.text,
+                               vision=vision, resampler=resampler, height=64, width=64, frames=16, fps=8, cfg=7.5)
+
+
+TOY_I2V_PRESET = _toy_i2v_preset()
 
 
 def shipped(name: str) -> Path:

@@ -1,4 +1,5 @@
-"""Train the toy base model from scratch: first its VAE, then its UNet and text encoder together.
+"""Train the toy base models from scratch: first the VAE, then the text-to-video UNet and text
+encoder together, then the image-to-video model from it.
 
 The Action Prism and integration layers are trained afterwards by the project's own trainer
 (`python -m echoreel_core.train --config toy`); this module covers what that trainer leaves
@@ -13,6 +14,7 @@ is what gets saved (a short from-scratch diffusion run samples far better from i
         --init OUT/base.safetensors --phase noisy           # timesteps 500-999 only
     python -m echoreel_core.toy.pretrain base OUT/base_detail.safetensors --vae OUT/vae.safetensors \
         --init OUT/base_motion.safetensors --phase clean --seed 2   # timesteps 0-499 only
+    python -m echoreel_core.toy.pretrain i2v OUT/i2v.safetensors --init OUT/base_detail.safetensors
 
 What each stage sees (`DEFAULT_SPLIT`):
     VAE: single frames of clips of the Prism actions (a superset of the base actions; an image
@@ -20,6 +22,7 @@ What each stage sees (`DEFAULT_SPLIT`):
     Base: clips of the base actions only (moving left/right/up/down); 25 % of captions drop the
         action and 10 % are empty (classifier-free guidance). Three phases: all timesteps, then
         the noisy half only (MOTION_SCHEDULE), then the clean half only (DETAIL_SCHEDULE).
+    I2V: the same clips and captions, each with its first frame (I2V_SCHEDULE, all timesteps).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from ..models.autoencoder import AutoencoderConfig, AutoencoderKL
 from ..models.video_model import VideoModel
 from ..presets import _from_dict
 from ..threads import add_threads_argument, configure_threads
-from .models import TOY_PRESET
+from .models import TOY_I2V_PRESET, TOY_PRESET
 from .world import DEFAULT_SPLIT, ClipSpec, Split, World, clip_caption, render, sample_clip
 
 log = logging.getLogger("echoreel.toy.pretrain")
@@ -198,6 +201,8 @@ MOTION_SCHEDULE = Schedule(steps=800, lr=3e-4, warmup=20, timesteps=(500, 1000))
 # motion moved them, which the motion measure counts (README, the toy model)
 DETAIL_SCHEDULE = Schedule(steps=1200, lr=3e-4, warmup=20, timesteps=(0, 500))
 BASE_PHASES = {"all": BASE_SCHEDULE, "noisy": MOTION_SCHEDULE, "clean": DETAIL_SCHEDULE}
+# the image-to-video toy, from the finished text-to-video one: the new parts start from scratch
+I2V_SCHEDULE = Schedule(steps=1200, lr=5e-4, warmup=50)
 BASE_BATCH = 8
 DROP_ACTION = 0.25  # captions that name only the object
 DROP_CAPTION = 0.10  # empty captions: the unconditional branch of classifier-free guidance
@@ -214,12 +219,41 @@ def train_base(vae: AutoencoderKL, seed: int = 0, schedule: Schedule = BASE_SCHE
                split: Split = DEFAULT_SPLIT, init: VideoModel | None = None) -> VideoModel:
     """UNet + text encoder on the base actions, from scratch or from `init`, with the VAE frozen."""
     torch.manual_seed(seed)
-    preset = dataclasses.replace(TOY_PRESET, vae=vae.config)
-    model = VideoModel(preset)
+    model = VideoModel(dataclasses.replace(TOY_PRESET, vae=vae.config))
     if init is not None:
         model.load_state_dict(init.state_dict())
     model.vae.load_state_dict(vae.state_dict())
-    model.vae.requires_grad_(False).eval()
+    return _fit_diffusion(model, [model.unet, model.text_encoder], seed, schedule, world, split, "base")
+
+
+def train_i2v(t2v: VideoModel, seed: int = 0, schedule: Schedule = I2V_SCHEDULE, world: World = World(),
+              split: Split = DEFAULT_SPLIT) -> VideoModel:
+    """The image-to-video toy from the text-to-video one: its UNet, VAE and text encoder, plus the
+    image cross-attention, vision tower and Resampler, trained on the base actions conditioned on
+    each clip's first frame. `to_v_ip` starts at zero, so training starts from the text-to-video
+    model exactly; the text encoder and the VAE stay frozen (the two toys share them)."""
+    torch.manual_seed(seed)
+    model = VideoModel(dataclasses.replace(TOY_I2V_PRESET, vae=t2v.preset.vae))
+    missing, unexpected = model.load_state_dict(t2v.state_dict(), strict=False)
+    new_parts = [k for k in missing if not k.startswith(("image_encoder.", "resampler.")) and "_ip." not in k]
+    if unexpected or new_parts:
+        raise ValueError(f"{t2v.preset.name} is not the text-to-video toy: unexpected {unexpected[:3]}, "
+                         f"missing {new_parts[:3]}")
+    with torch.no_grad():
+        for name, p in model.unet.named_parameters():
+            if "to_v_ip" in name:
+                p.zero_()
+    return _fit_diffusion(model, [model.unet, model.image_encoder, model.resampler], seed, schedule, world, split,
+                          "i2v")
+
+
+def _fit_diffusion(model: VideoModel, trained: list[nn.Module], seed: int, schedule: Schedule, world: World,
+                   split: Split, name: str) -> VideoModel:
+    """The eps loss on clips of the base actions with the base captions; an I2V model also sees
+    each clip's first frame (a mid-grey image where the caption is empty: the unconditional
+    branch, as `VideoModel.encode_image(None)`)."""
+    preset = model.preset
+    model.requires_grad_(False).eval()
     next_clip = clip_stream(seed + 1, split.base, world)
     caption_rng = random.Random(f"echoreel-toy/base-captions/{seed}")
     generator = torch.Generator().manual_seed(seed)
@@ -238,14 +272,19 @@ def train_base(vae: AutoencoderKL, seed: int = 0, schedule: Schedule = BASE_SCHE
             z0 = model.vae.encode_video(video, generator=generator)  # (b, 4, t, h, w), scaled
         t = torch.randint(*schedule.timesteps, (BASE_BATCH,), generator=generator)
         noise = torch.randn(z0.shape, generator=generator)
-        context = model.text_encoder(torch.stack([tokens[x] for x in texts]))
+        context = model.text_encoder(torch.stack([tokens[x] for x in texts]))  # (b, 77, d)
+        if preset.is_i2v:
+            unconditional = torch.tensor([not x for x in texts]).view(-1, 1, 1, 1)
+            first = video[:, :, 0].masked_fill(unconditional, 0.0)  # (b, 3, H, W)
+            image = model.resampler(model.image_encoder(model.image_encoder.preprocess(first)))  # (b, 16, d)
+            context = torch.cat([context, image], dim=1)
         eps = model.unet(model.schedule.q_sample(z0, t, noise), t, context, fps=fps)
         return F.mse_loss(eps, noise)
 
-    params = list(model.unet.parameters()) + list(model.text_encoder.parameters())
-    model.unet.train()
-    model.text_encoder.train()
-    averages = fit(params, loss, schedule, "base")
+    params = [p for part in trained for p in part.parameters()]
+    for part in trained:
+        part.requires_grad_(True).train()
+    averages = fit(params, loss, schedule, name)
     _load_averages(params, averages)
     return model.requires_grad_(False).eval()
 
@@ -255,15 +294,16 @@ def train_base(vae: AutoencoderKL, seed: int = 0, schedule: Schedule = BASE_SCHE
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m echoreel_core.toy.pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("vae", "base"))
+    parser.add_argument("stage", choices=("vae", "base", "i2v"))
     parser.add_argument("out", help="the safetensors file to write")
     parser.add_argument("--vae", help="base stage: the VAE written by the vae stage")
-    parser.add_argument("--init", help="base stage: continue from this base model (the noisy and clean phases)")
+    parser.add_argument("--init", help="base stage: continue from this base model (the noisy and clean phases); "
+                                       "i2v stage: the text-to-video toy to start from")
     parser.add_argument("--phase", choices=tuple(BASE_PHASES), default="all",
                         help="base stage: the timesteps trained on: all (from scratch), noisy (500-999) or "
                              "clean (0-499)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default: vae 1500; base all 1500, noisy 800, "
-                                                  "clean 1200)")
+                                                  "clean 1200; i2v 1200)")
     parser.add_argument("--seed", type=int, default=0)
     add_threads_argument(parser)
     args = parser.parse_args(argv)
@@ -271,12 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the base stage needs --vae (the file the vae stage wrote)")
     if args.stage == "base" and (args.phase == "all") == bool(args.init):
         parser.error("the all phase starts from scratch; the noisy and clean phases need --init")
+    if args.stage == "i2v" and not args.init:
+        parser.error("the i2v stage needs --init (the finished text-to-video toy)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     log.info("%s", configure_threads(args.threads))
     started = time.perf_counter()
     if args.stage == "vae":
         schedule = dataclasses.replace(VAE_SCHEDULE, steps=args.steps or VAE_SCHEDULE.steps)
         save_vae(train_vae(args.seed, schedule), args.out)
+    elif args.stage == "i2v":
+        schedule = dataclasses.replace(I2V_SCHEDULE, steps=args.steps or I2V_SCHEDULE.steps)
+        save_video_model(train_i2v(load_video_model(args.init), args.seed, schedule), args.out)
     else:
         default = BASE_PHASES[args.phase]
         schedule = dataclasses.replace(default, steps=args.steps or default.steps)

@@ -12,10 +12,13 @@ it stopped; the Prism stage resumes from its own latest checkpoint):
        half only (`--phase clean`), where objects get their outline and size;
     4. echoreel: the Action Prism and integration layers over the final base, by the project's
        trainer (`python -m echoreel_core.train --config toy`);
-    5. ship: the base model (fp16) and the EchoReel weights (fp32) into --out (default
-       --work/shipped), laid out as the shipped folder, with a reference
-       video of a held-out action for the demo;
-    6. evaluate: `toy.evaluate` on 60 held-out pairs, report into --work/eval.
+    5. i2v: the image-to-video toy from the final base (`toy.pretrain i2v`);
+    6. echoreel_i2v: EchoReel for it, from the text-to-video toy's (`--config toy_i2v`);
+    7. ship: both base models (fp16) and both EchoReel weights (fp32) into --out (default
+       --work/shipped), laid out as the shipped folder, with a reference video of a held-out
+       action for the demo and a first frame for the image-to-video examples;
+    8. evaluate: `toy.evaluate` of each toy on the held-out pairs, reports into --work/eval and
+       --work/eval_i2v.
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ from ..echoreel.weights import load_echoreel, save_echoreel
 from ..threads import add_threads_argument, configure_threads
 from ..train import main as train_main
 from . import evaluate, pretrain
-from .models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_REFERENCE_FILE
+from .models import (TOY_ECHOREEL_FILE, TOY_FIRST_FRAME_FILE, TOY_I2V_ECHOREEL_FILE, TOY_I2V_MODEL_FILE,
+                     TOY_MODEL_FILE, TOY_REFERENCE_FILE)
 from ..video_io import write_video
-from .world import World, render, sample_clip, write_dataset
+from .world import ClipSpec, World, render, sample_clip, write_dataset
 
 log = logging.getLogger("echoreel.toy.retrain")
 
@@ -46,10 +50,20 @@ DEMO_REFERENCE_SEED = 7
 DETAIL_SEED = 2  # the clean phase draws a clip stream of its own (the first two phases share seed 0's)
 
 
+def _demo_reference(world: World) -> ClipSpec:
+    return sample_clip(random.Random(DEMO_REFERENCE_SEED), "orbit_cw", world, colour="blue", shape="square")
+
+
 def write_demo_reference(path: Path, world: World = World()) -> Path:
     """A held-out action (orbiting clockwise) of a blue square: what the demo imitates."""
-    spec = sample_clip(random.Random(DEMO_REFERENCE_SEED), "orbit_cw", world, colour="blue", shape="square")
+    spec = _demo_reference(world)
     return write_video(path, render(spec, world, world.file_frames), world.file_fps)
+
+
+def write_first_frame(path: Path, world: World = World()) -> Path:
+    """The image-to-video examples' first frame: a red circle where the demo reference's orbit starts."""
+    spec = dataclasses.replace(_demo_reference(world), colour="red", shape="circle")
+    return write_video(path, render(spec, world)[:1], world.fps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--motion-steps", type=int, default=pretrain.MOTION_SCHEDULE.steps)
     parser.add_argument("--detail-steps", type=int, default=pretrain.DETAIL_SCHEDULE.steps)
     parser.add_argument("--echoreel-steps", type=int, help="default: the toy training config's")
+    parser.add_argument("--i2v-steps", type=int, default=pretrain.I2V_SCHEDULE.steps)
+    parser.add_argument("--echoreel-i2v-steps", type=int, help="default: the toy_i2v training config's")
     parser.add_argument("--eval-pairs", type=int, default=60, help="held-out pairs evaluated at the end")
     parser.add_argument("--eval-steps", type=int, default=evaluate.EvalSettings.steps)
     add_threads_argument(parser)
@@ -114,15 +130,36 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"EchoReel training failed (exit {code})")
 
     stage("echoreel", echoreel_file, train_echoreel)
-    for name in (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE):
+    i2v_file, echoreel_i2v_file = work / "i2v.safetensors", work / "echoreel_i2v" / "echoreel.safetensors"
+    i2v_schedule = dataclasses.replace(pretrain.I2V_SCHEDULE, steps=args.i2v_steps)
+    stage("i2v", i2v_file, lambda: save_video_model(
+        pretrain.train_i2v(load_video_model(detail_file), schedule=i2v_schedule), i2v_file))
+
+    def train_echoreel_i2v() -> None:
+        code = train_main(["--config", "toy_i2v", *threads, f"model.checkpoint={i2v_file}",
+                           f"echoreel.init={echoreel_file}", f"data.json={prism_json}",
+                           f"train.output_dir={work / 'echoreel_i2v'}", "train.resume=auto"]
+                          + ([f"train.max_steps={args.echoreel_i2v_steps}"] if args.echoreel_i2v_steps else []))
+        if code:
+            raise SystemExit(f"EchoReel training for the image-to-video toy failed (exit {code})")
+
+    stage("echoreel_i2v", echoreel_i2v_file, train_echoreel_i2v)
+    shipped_files = (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE, TOY_I2V_MODEL_FILE, TOY_I2V_ECHOREEL_FILE,
+                     TOY_FIRST_FRAME_FILE)
+    for name in shipped_files:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
     save_video_model(load_video_model(detail_file), out / TOY_MODEL_FILE, dtype=torch.float16)
     save_echoreel(load_echoreel(echoreel_file), out / TOY_ECHOREEL_FILE)
+    save_video_model(load_video_model(i2v_file), out / TOY_I2V_MODEL_FILE, dtype=torch.float16)
+    save_echoreel(load_echoreel(echoreel_i2v_file), out / TOY_I2V_ECHOREEL_FILE)
     write_demo_reference(out / TOY_REFERENCE_FILE)
+    write_first_frame(out / TOY_FIRST_FRAME_FILE)
     log.info("shipped files written to %s", out)
-    evaluate.main(["--model", str(out / TOY_MODEL_FILE), "--echoreel", str(out / TOY_ECHOREEL_FILE),
-                   "--out", str(work / "eval"), "--pairs", str(args.eval_pairs), "--steps", str(args.eval_steps),
-                   *threads])
+    for model_file, echoreel_weights, report in ((TOY_MODEL_FILE, TOY_ECHOREEL_FILE, "eval"),
+                                                  (TOY_I2V_MODEL_FILE, TOY_I2V_ECHOREEL_FILE, "eval_i2v")):
+        evaluate.main(["--model", str(out / model_file), "--echoreel", str(out / echoreel_weights),
+                       "--out", str(work / report), "--pairs", str(args.eval_pairs), "--steps", str(args.eval_steps),
+                       *threads])
     log.info("retrained in %.1f min (%s)", (time.perf_counter() - started) / 60,
              ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
     return 0

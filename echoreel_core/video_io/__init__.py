@@ -12,7 +12,7 @@ One job per module:
 - frames.py: one decoded frame to upright RGB at the asked size (FFmpeg's scale filter).
 - colour.py: HDR tone mapping to SDR BT.709 and alpha compositing, the operators stated.
 - webp.py: animated WebP through Pillow (FFmpeg does not decode it).
-- write.py: `write_video`, mp4 (h264) and gif.
+- write.py: `write_video`, mp4 (h264) and gif, and one frame as png.
 - tensors.py: between ComfyUI's IMAGE layout (t, h, w, 3) in [0, 1] and the models'
   (b, 3, t, h, w) in [-1, 1].
 """

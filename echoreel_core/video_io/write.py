@@ -48,7 +48,8 @@ def _gif_frames(arrays: np.ndarray, rate: Fraction):
 
 
 def write_video(path, frames: torch.Tensor, fps: float) -> str:
-    """Write (t, h, w, 3) float [0, 1] or uint8 frames to .mp4 or .gif (chosen by suffix).
+    """Write (t, h, w, 3) float [0, 1] or uint8 frames to .mp4 or .gif (chosen by suffix), or
+    one frame (t = 1) to .png (8-bit RGB, lossless).
 
     mp4 is h264 yuv420p at crf 10 like the official saver (mpeg4 at a high bitrate if this PyAV
     has no libx264). yuv420p needs even sizes, so an odd height/width is padded by repeating the
@@ -60,8 +61,10 @@ def write_video(path, frames: torch.Tensor, fps: float) -> str:
 
     path = str(path)
     suffix = os.path.splitext(path)[1].lower()
-    if suffix not in (".mp4", ".gif"):
-        raise ValueError(f"{path}: unsupported suffix {suffix!r}; use .mp4 or .gif")
+    if suffix not in (".mp4", ".gif", ".png"):
+        raise ValueError(f"{path}: unsupported suffix {suffix!r}; use .mp4, .gif or .png")
+    if suffix == ".png" and frames.shape[0] != 1:
+        raise ValueError(f"{path}: a .png holds one frame; got {frames.shape[0]}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         raise ValueError(f"{path}: expected frames (t, h, w, 3), t >= 1; got {tuple(frames.shape)}")
     if not fps > 0 or not math.isfinite(fps):
@@ -74,9 +77,11 @@ def write_video(path, frames: torch.Tensor, fps: float) -> str:
     rate = Fraction(fps).limit_denominator(1001)
 
     def encode(tmp) -> None:
-        with av.open(str(tmp), "w", format=suffix[1:]) as container:
+        with av.open(str(tmp), "w", format="image2" if suffix == ".png" else suffix[1:]) as container:
             if suffix == ".gif":
                 codec, (out, pix_fmt) = "gif", _gif_frames(arrays, rate)
+            elif suffix == ".png":
+                codec, out, pix_fmt = "png", [av.VideoFrame.from_ndarray(arrays[0], format="rgb24")], "rgb24"
             else:
                 codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
                 pad = ((0, 0), (0, arrays.shape[1] % 2), (0, arrays.shape[2] % 2), (0, 0))
