@@ -10,7 +10,9 @@ prompt twice with the same seed and steps, without and with EchoReel fed the ref
         which tells a wrong path from a right path drawn by an object whose size flickers;
     content leakage: the share of generated videos whose colour or shape follows the reference;
     detection rate: the share of generated frames in which an object is found;
-per action and overall, as JSON, plus a GIF grid (reference | without | with) per pair.
+per action, per group of held-out actions (the original three; the new motions: accelerating, the
+arc, the corner, drifting while expanding; toy.world's HELD_OUT_GROUPS) and overall, as JSON, plus a
+GIF grid (reference | without | with) per pair.
 
     python -m echoreel_core.toy.evaluate --out toy_eval            # the shipped toy model
     python -m echoreel_core.toy.evaluate --pairs 3 --steps 10      # a quick look
@@ -55,7 +57,7 @@ from ..threads import add_threads_argument, configure_threads
 from ..video_io import frames_to_model_input, read_video_frames, write_video
 from . import metrics
 from .models import SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_MODEL_FILE, shipped
-from .world import World, caption, write_dataset
+from .world import HELD_OUT_GROUPS, World, caption, write_dataset
 
 log = logging.getLogger("echoreel.toy.evaluate")
 
@@ -207,9 +209,12 @@ def figures(rows: list[PairResult]) -> dict:
 
 
 def summarise(results: list[PairResult]) -> dict:
+    """figures() overall, per action, and per group of HELD_OUT_GROUPS that the results hold."""
     actions = sorted({r.action for r in results})
+    groups = {name: [r for r in results if r.action in members] for name, members in HELD_OUT_GROUPS.items()}
     return {"overall": figures(results),
-            "per_action": {a: figures([r for r in results if r.action == a]) for a in actions}}
+            "per_action": {a: figures([r for r in results if r.action == a]) for a in actions},
+            "groups": {name: figures(rows) for name, rows in groups.items() if rows}}
 
 
 def evaluate(model: VideoModel, echoreel: EchoReel, data_json: str | Path, settings: EvalSettings = EvalSettings(),
@@ -248,14 +253,22 @@ def evaluate(model: VideoModel, echoreel: EchoReel, data_json: str | Path, setti
 
 
 def format_report(report: dict) -> str:
-    """A table: one row per action, then overall; each cell 'without / with EchoReel'."""
-    lines = ["action     pairs  motion fidelity  path fidelity    content leakage (colour, shape)  objects found"
+    """A table: one row per action, each group's actions followed by the group's row, then
+    overall; each cell 'without / with EchoReel'."""
+    lines = ["action        pairs  motion fidelity  path fidelity    content leakage (colour, shape)  objects found"
              "  prompt's object  | VAE round trip: fidelity"]
-    rows = list(report["per_action"].items()) + [("overall", report["overall"])]
+    per_action, groups = report["per_action"], report.get("groups", {})
+    rows, listed = [], set()
+    for group, members in HELD_OUT_GROUPS.items():
+        rows += [(a, per_action[a]) for a in members if a in per_action]
+        listed.update(members)
+        if group in groups:
+            rows.append((f"[{group}]", groups[group]))
+    rows += [(a, f) for a, f in per_action.items() if a not in listed] + [("overall", report["overall"])]
     for name, f in rows:
         w, e = f["without"], f["with_echoreel"]
         lines.append(
-            f"{name:<10} {f['pairs']:>5}  {w['motion_fidelity']:>6.3f} / {e['motion_fidelity']:<6.3f}"
+            f"{name:<13} {f['pairs']:>5}  {w['motion_fidelity']:>6.3f} / {e['motion_fidelity']:<6.3f}"
             f"  {w['path_fidelity']:>6.3f} / {e['path_fidelity']:<6.3f}"
             f"  {w['content_leakage']:>4.0%} / {e['content_leakage']:<4.0%} ({e['colour_leakage']:.0%}, "
             f"{e['shape_leakage']:.0%})        {w['detection_rate']:>5.1%} / {e['detection_rate']:<6.1%}"
