@@ -124,7 +124,7 @@ def test_every_node_is_registered(server):
     # and the shipped toy motion file, which the saved-motion example loads
     assert "toy_orbit.safetensors" in info["EchoReel_LoadMotion"]["input"]["required"]["motion_name"][1]["options"]
     # and the retrieval example's toy library was written there, and is listed
-    assert len(load(server.base / "input" / "toy_library" / "captions.json")) == 32
+    assert len(load(server.base / "input" / "toy_library" / "captions.json")) == 40  # 2 clips of each of 20 actions
     assert "input/toy_library" in info["EchoReel_FindReferenceVideo"]["input"]["required"]["library"][1]["options"]
     assert all(v["category"].startswith("EchoReel") and v["description"] for v in ours.values())
 

@@ -77,7 +77,7 @@ def test_the_example_library_is_written_once_whole_and_never_costs_the_list(comf
     runtime = comfy["runtime"]
     library = comfy["base"] / "input" / "toy_library"
     entries = json.loads((library / "captions.json").read_text())
-    assert len(entries) == 32 and {e["action"] for e in entries} == set(ACTIONS)  # 2 clips of each action
+    assert len(entries) == 2 * len(ACTIONS) == 40 and {e["action"] for e in entries} == set(ACTIONS)  # 2 of each
     assert all((library / e["video"]).is_file() for e in entries)
     assert not [p for p in (comfy["base"] / "input").iterdir() if p.name.startswith(".toy_library")]  # no partial left
     before = (library / "captions.json").stat().st_mtime_ns

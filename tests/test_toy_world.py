@@ -4,6 +4,7 @@ mp4-coded and blurred clips. Everything is 64x64 and a few clips: the file runs 
 
 import dataclasses
 import json
+import math
 import pathlib
 import random
 import subprocess
@@ -20,7 +21,7 @@ from echoreel_core.toy.metrics import (
     motion_fidelity, motion_vector, track, video_object,
 )
 from echoreel_core.toy.world import (
-    ACTIONS, DEFAULT_SPLIT, ClipSpec, Split, World, background, caption, clip_caption, render,
+    ACTIONS, DEFAULT_SPLIT, HELD_OUT_GROUPS, ClipSpec, Split, World, background, caption, clip_caption, render,
     sample_pair, trajectory, write_dataset,
 )
 from echoreel_core.video_io import model_output_to_frames, read_video_frames, write_video
@@ -169,6 +170,40 @@ def test_base_json(datasets):
         assert item["caption"] in (caption(spec.colour, spec.shape, spec.action), caption(spec.colour, spec.shape))
 
 
+def test_held_out_groups_split_the_held_out_actions_and_stay_unseen():
+    """The original three first (the eval set's first pairs, which the reduced evaluation runs), then
+    the new motions; none of them in the base's or the Prism's training actions."""
+    original, new = HELD_OUT_GROUPS["original"], HELD_OUT_GROUPS["new_motions"]
+    assert DEFAULT_SPLIT.held_out == original + new and len(new) >= 4
+    assert original == ("orbit_cw", "zigzag", "shrink")
+    assert not set(new) & (set(DEFAULT_SPLIT.base) | set(DEFAULT_SPLIT.prism))
+    for action in new:
+        assert not DEFAULT_SPLIT.knows(action) and clip_caption(clip(action)) == "a red circle"  # never named
+        assert clip_caption(clip(action), "all") == f"a red circle {ACTIONS[action].phrase}"
+    phrases = [a.phrase for a in ACTIONS.values()]
+    assert len(set(phrases)) == len(phrases)
+
+
+def test_eval_set_covers_every_held_out_action(tmp_path):
+    tiny = World(height=32, width=32, frames=2, stride=1)  # the JSON does not depend on the frames
+    path = write_dataset(tmp_path, "eval", len(DEFAULT_SPLIT.held_out), seed=0, world=tiny)
+    assert [e["action"] for e in json.loads(path.read_text())] == list(DEFAULT_SPLIT.held_out)
+
+
+def test_base_and_prism_datasets_are_unchanged_by_the_new_motions(tmp_path):
+    """The SHA-256 of the base and prism JSON (20 entries, seed 0) as they were written before the
+    new held-out motions existed: adding actions must not move any clip of the trained ones (the
+    JSON records every ClipSpec, which determines the frames). Python's random is the same on every
+    platform, so the digests are too; a deliberate change to the datasets must update them."""
+    import hashlib
+
+    tiny = World(height=32, width=32, frames=2, stride=1)  # the JSON does not depend on the frames
+    digests = {split: hashlib.sha256(write_dataset(tmp_path, split, 20, seed=0, world=tiny).read_bytes()).hexdigest()
+               for split in ("prism", "base")}
+    assert digests == {"prism": "88a57cde293aa592dee171bc8a46abad4b75fb136614168dc41dc76dca88d69b",
+                       "base": "ad01da5cc4a922721a6ffe7658194348d717dd72ae9880104eb684fbcfad051d"}
+
+
 def test_cli_writes_every_split(tmp_path):
     assert world.main([str(tmp_path), "--pairs", "1", "--base-videos", "1", "--eval-pairs", "1", "--stride", "1",
                        "--workers", "1", "--threads", "1"]) == 0  # --threads 1: the suite's count (conftest.py)
@@ -240,6 +275,118 @@ def test_tracker_recovers_each_action(action):
             assert all(g > 1 for g in growth[:7]) and all(g < 1 for g in growth[8:])
         if ACTIONS[action].kind == "size":
             assert max(xs) - min(xs) < 0.1 and max(ys) - min(ys) < 0.1
+
+
+def tracked_path(spec):
+    """The tracker's centroids, step vectors (pixels) and areas of a rendered clip."""
+    tr = track(render(spec))
+    xs, ys, areas = xs_ys_areas(tr)
+    assert {(d.colour, d.shape) for d in tr} == {(spec.colour, spec.shape)}
+    steps = [(b - a, d - c) for a, b, c, d in zip(xs, xs[1:], ys, ys[1:])]
+    return xs, ys, steps, areas
+
+
+def length(v):
+    return (v[0] ** 2 + v[1] ** 2) ** 0.5
+
+
+def heading(v):
+    return math.degrees(math.atan2(v[1], v[0]))
+
+
+def accelerates(spec) -> bool:
+    """Along one straight line, each step at least as long as the one before (within the tracker's
+    ~0.05 pixel noise), the last three steps together over 3x the first three; the size kept."""
+    _, _, steps, areas = tracked_path(spec)
+    lengths = [length(v) for v in steps]
+    whole = (sum(u for u, _ in steps), sum(v for _, v in steps))
+    straight = length(whole) > 1 and all((u * whole[0] + v * whole[1]) / (length((u, v)) * length(whole)) > 0.99
+                                         for u, v in steps if length((u, v)) > 0.3)
+    growing = all(b >= a - 0.1 for a, b in zip(lengths, lengths[1:])) and sum(lengths[-3:]) > 3 * sum(lengths[:3])
+    return straight and growing and max(areas) / min(areas) < 1.05
+
+
+def arcs(spec) -> bool:
+    """Turns one way at every step, by 100 to 200 degrees in all (a part of a circle: an orbit
+    turns 270 to 360), at an even speed; the size kept."""
+    _, _, steps, areas = tracked_path(spec)
+    cross = [u[0] * v[1] - u[1] * v[0] for u, v in zip(steps, steps[1:])]
+    one_way = all(c > 0 for c in cross) or all(c < 0 for c in cross)
+    turned = sum(math.degrees(math.asin(max(-1.0, min(1.0, c / (length(u) * length(v))))))
+                 for c, u, v in zip(cross, steps, steps[1:]))
+    lengths = [length(v) for v in steps]
+    even = max(lengths) / min(lengths) < 1.1
+    return one_way and 100 <= abs(turned) <= 200 and even and max(areas) / min(areas) < 1.05
+
+
+def turns_a_corner(spec) -> bool:
+    """Steps 0-5 (tau <= 0.4) along one axis, steps 9-14 (tau >= 0.6) along the perpendicular one,
+    each leg in one direction, at one speed; the size kept."""
+    _, _, steps, areas = tracked_path(spec)
+    first, second = steps[:6], steps[9:]
+
+    def along(leg, axis):  # every step along `axis` (0: x, 1: y), the same way, barely across
+        return (all(abs(v[1 - axis]) < 0.15 and abs(v[axis]) > 0.5 for v in leg)
+                and len({v[axis] > 0 for v in leg}) == 1)
+
+    axis = 0 if abs(first[0][0]) > abs(first[0][1]) else 1
+    speeds = [length(v) for v in first + second]
+    return (along(first, axis) and along(second, 1 - axis) and max(speeds) / min(speeds) < 1.05
+            and max(areas) / min(areas) < 1.05)
+
+
+def drifts_diagonally_while_expanding(spec) -> bool:
+    """Every step diagonal (|dx| and |dy| equal within 10 %, over half a pixel, one direction
+    throughout), the area growing at every step and over 2x in all."""
+    _, _, steps, areas = tracked_path(spec)
+    diagonal = all(abs(u) > 0.5 and abs(v) > 0.5 and 0.9 < abs(u) / abs(v) < 1.1 for u, v in steps)
+    one_way = len({(u > 0, v > 0) for u, v in steps}) == 1
+    growth = [b / a for a, b in zip(areas, areas[1:])]
+    return diagonal and one_way and all(g > 1 for g in growth) and areas[-1] / areas[0] > 2
+
+
+NEW_MOTIONS = {"accelerate": accelerates, "arc": arcs, "corner": turns_a_corner,
+               "drift_grow": drifts_diagonally_while_expanding}
+# actions each check must reject: the nearest trained or original motions
+LOOKALIKES = {"accelerate": ("move_right", "move_up_left", "back_and_forth"),
+              "arc": ("orbit_cw", "orbit_ccw", "move_down"),
+              "corner": ("move_up_right", "zigzag", "arc"),
+              "drift_grow": ("grow", "move_down_left", "accelerate")}
+
+
+def test_every_new_motion_has_a_check():
+    assert set(NEW_MOTIONS) == set(HELD_OUT_GROUPS["new_motions"]) == set(LOOKALIKES)
+
+
+@pytest.mark.parametrize("action", list(NEW_MOTIONS))
+def test_new_motions_do_what_their_names_say(action):
+    """Rendered and tracked, each new motion passes its check for varied seeds and objects, and the
+    check rejects the motions it could be mistaken for (so it can fail)."""
+    check = NEW_MOTIONS[action]
+    rng = random.Random(action)
+    for colour, shape in (("red", "circle"), ("yellow", "triangle"), ("blue", "square"), ("green", "triangle")):
+        for _ in range(2):
+            spec = world.sample_clip(rng, action, W, colour, shape)
+            assert check(spec), spec
+    for other in LOOKALIKES[action]:
+        assert not check(clip(other, "green", "square", seed=5)), other
+
+
+def test_new_motions_vary_with_their_pattern_seed():
+    """Direction (accelerate, corner, drift_grow) and turning way (arc) come from the pattern seed:
+    over 24 seeds every action shows more than one; the corner both axis orders."""
+    for action in NEW_MOTIONS:
+        kinds = set()
+        for seed in range(24):
+            x, y, _ = trajectory(ClipSpec(action, "red", "circle", 7, seed, 0))
+            dx, dy = x[1:] - x[:-1], y[1:] - y[:-1]
+            if action == "arc":
+                kinds.add(bool((dx[:-1] * dy[1:] - dy[:-1] * dx[1:]).sum() > 0))
+            elif action == "corner":
+                kinds.add((bool(abs(dx[0]) > abs(dy[0])), bool(dx[0] + dy[0] > 0), bool(dx[-1] + dy[-1] > 0)))
+            else:
+                kinds.add((bool(dx.sum() > 0), bool(dy.sum() > 0)))
+        assert len(kinds) >= {"arc": 2, "corner": 6}.get(action, 3), (action, kinds)
 
 
 def test_detection_rate_clean_blank_and_partial():
@@ -333,6 +480,35 @@ def test_content_leakage():
     # an attribute the reference shares with the prompt is not leakage
     assert leaked(seen["prompt"], prompt, ("blue", "circle")) == (False, False)
     assert leaked(seen["colour"], prompt, ("blue", "circle")) == (True, False)
+
+
+def test_evaluation_reports_each_group_of_held_out_actions():
+    """summarise() keeps "overall" and "per_action" and adds "groups" (the original three, the new
+    motions), each over its own pairs; format_report lists each group's actions, then its row."""
+    from echoreel_core.toy.evaluate import Outcome, PairResult, format_report, summarise
+
+    def result(action, cosine):
+        seen = Outcome(cosine, cosine, 1.0, "red", "circle")
+        return PairResult(action, "a red circle", "a blue square", ("red", "circle"), ("blue", "square"),
+                          seen, seen, seen, "ref.mp4", action)
+
+    cosines = {action: k / 10 for k, action in enumerate(DEFAULT_SPLIT.held_out + ("grow",))}
+    results = [result(action, c) for action, c in cosines.items() for _ in range(2)]
+    report = summarise(results)
+    assert set(report) == {"overall", "per_action", "groups"} and set(report["per_action"]) == set(cosines)
+    assert list(report["groups"]) == ["original", "new_motions"]
+    for name, members in HELD_OUT_GROUPS.items():
+        group = report["groups"][name]
+        assert group["pairs"] == 2 * len(members)
+        mean = sum(cosines[a] for a in members) / len(members)
+        assert group["with_echoreel"]["motion_fidelity"] == pytest.approx(mean)
+    assert report["overall"]["pairs"] == len(results)
+    names = [line.split()[0] for line in format_report(report).splitlines()[1:]]
+    assert names == ["orbit_cw", "zigzag", "shrink", "[original]", "accelerate", "arc", "corner", "drift_grow",
+                     "[new_motions]", "grow", "overall"]
+    only_original = summarise([r for r in results if r.action in HELD_OUT_GROUPS["original"]])
+    assert list(only_original["groups"]) == ["original"]  # a group without pairs gets no row
+    assert "[new_motions]" not in format_report(only_original)
 
 
 def test_grids():
