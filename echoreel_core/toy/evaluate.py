@@ -18,6 +18,11 @@ GIF grid (reference | without | with) per pair.
     python -m echoreel_core.toy.evaluate --pairs 3 --steps 10      # a quick look
     python -m echoreel_core.toy.evaluate --library toy_library     # references found by retrieval
     python -m echoreel_core.toy.evaluate --sampler dpmpp_2m --steps 20   # as KSampler: dpmpp_2m, karras
+    python -m echoreel_core.toy.evaluate --i2v                     # the image-to-video toy
+
+An image-to-video model starts each pair from its target's first frame, where the reference's
+object starts too (the pairs copy the reference's path), and the report adds how far frame 0's
+object lies from the image's (start offset, pixels).
 
 --sampler dpmpp_2m samples with the core's DPM++ 2M on the karras schedule, which equals ComfyUI's
 KSampler with sampler dpmpp_2m and scheduler karras on the pack's native model up to float rounding
@@ -52,11 +57,11 @@ from ..echoreel.features import Reference, action_features, encode_reference
 from ..echoreel.weights import EchoReel, load_echoreel
 from ..library import LEXICAL_WEIGHT, Searcher, TextEmbedder, update_index
 from ..models.video_model import VideoModel
-from ..pipeline import SAMPLERS, EchoReelGuidance, SamplingSettings, decode_to_frames, generate_latents
+from ..pipeline import SAMPLERS, EchoReelGuidance, SamplingSettings, decode_to_frames, generate_latents, prepare_image
 from ..threads import add_threads_argument, configure_threads
 from ..video_io import frames_to_model_input, read_video_frames, write_video
 from . import metrics
-from .models import SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_MODEL_FILE, shipped
+from .models import SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_I2V_ECHOREEL_FILE, TOY_I2V_MODEL_FILE, TOY_MODEL_FILE, shipped
 from .world import HELD_OUT_GROUPS, World, caption, write_dataset
 
 log = logging.getLogger("echoreel.toy.evaluate")
@@ -69,6 +74,8 @@ class EvalSettings:
     seed: int = 1234  # per pair: seed + index
     strength: float = 1.0
     sampler: str = "ddim"  # pipeline.SAMPLERS
+    start: float = 0.0  # EchoReel's window: percents of the schedule (timestep (1 - p) * 999), as the nodes'
+    end: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class Outcome:
     detected: float  # share of frames with an object
     colour: str | None  # majority over the detected frames (None: nothing detected)
     shape: str | None
+    start_offset: float | None = None  # I2V: pixels between frame 0's object and the given image's (None: not found)
 
 
 @dataclass
@@ -135,23 +143,38 @@ class LibraryPicker:
                                hit.entry.extra.get("clip", {}), hit.score)
 
 
-def _outcome(frames: torch.Tensor, reference_track: metrics.Track, world: World) -> Outcome:
+def _outcome(frames: torch.Tensor, reference_track: metrics.Track, world: World,
+             start: metrics.Detection | None = None) -> Outcome:
+    """What the tracker sees in `frames`; `start`: the I2V image's object, which frame 0 should keep."""
     track = metrics.track(frames, colours=world.colours, shapes=world.shapes)
     seen = metrics.video_object(track) or (None, None)
+    offset = None
+    if start is not None and track[0] is not None:
+        offset = float(torch.tensor([track[0].x - start.x, track[0].y - start.y]).norm())
     return Outcome(metrics.motion_cosine(track, reference_track), metrics.motion_cosine(track, reference_track, 0.0),
-                   metrics.detection_rate(track), *seen)
+                   metrics.detection_rate(track), *seen, start_offset=offset)
 
 
 def without_and_with(model: VideoModel, echoreel: EchoReel, prompt: str, reference_latents: torch.Tensor,
                      reference_caption: str, settings: SamplingSettings, strength: float = 1.0,
-                     progress: Callable[[str, int], None] | None = None):
+                     progress: Callable[[str, int], None] | None = None, image: torch.Tensor | None = None,
+                     window: tuple[float, float] = (0.0, 1.0)):
     """The prompt sampled twice with the same seed and steps, without and with EchoReel fed the
     reference latents (1, c, t, h, w): two (t, H, W, 3) videos. The texts are encoded once.
-    progress(run, steps done) is called after every step of each run ("without"/"with EchoReel")."""
+    progress(run, steps done) is called after every step of each run ("without"/"with EchoReel").
+    `image` (H, W, 3) in [0, 1]: an image-to-video model's first frame (as `pipeline.image_to_video`:
+    the UNet gets its image tokens, the negative branch a mid-grey image's; the Prism the texts).
+    `window`: EchoReel's (start, end) percents of the schedule."""
     context, negative = model.encode_text([prompt]), model.encode_text([""])
     features = action_features(echoreel, context, negative, [Reference(reference_latents,
                                                                        model.encode_text([reference_caption]))])
-    guide = EchoReelGuidance(echoreel, features, strength)
+    guide = EchoReelGuidance(echoreel, features, strength, *window)
+    if model.preset.is_i2v:
+        if image is None:
+            raise ValueError(f"{model.preset.name} is an image-to-video model: give the first frame (image=)")
+        pixels = prepare_image(image, settings.height, settings.width)
+        context = torch.cat([context, model.encode_image(pixels)], dim=1)
+        negative = torch.cat([negative, model.encode_image(None)], dim=1)
     videos = []
     for run, g in (("without EchoReel", None), ("with EchoReel", guide)):
         callback = (lambda i, x, x0, run=run: progress(run, i + 1)) if progress is not None else None
@@ -170,14 +193,18 @@ def evaluate_pair(model: VideoModel, echoreel: EchoReel, entry, extra: dict, set
                                 steps=settings.steps, cfg=settings.cfg, seed=settings.seed + index,
                                 sampler=settings.sampler)
     latents = encode_reference(model.vae, frames_to_model_input(reference), torch.Generator().manual_seed(index))
+    image = start = None
+    if model.preset.is_i2v:  # the target's first frame, which the reference's first frame matches in place
+        image = read_video_frames(entry.target, num_frames=1, size=(world.height, world.width))[0][0]  # (H, W, 3)
+        start = metrics.track(image[None], colours=world.colours, shapes=world.shapes)[0]
     without, with_echoreel = without_and_with(model, echoreel, entry.prompt, latents, reference_caption, sampling,
-                                              settings.strength)
+                                              settings.strength, image=image, window=(settings.start, settings.end))
     ref_track = metrics.track(reference, colours=world.colours, shapes=world.shapes)
     target, source = extra["target_clip"], (extra["reference_clip"] if picked is None else picked.clip)
     result = PairResult(
         extra["action"], entry.prompt, reference_caption, (target["colour"], target["shape"]),
-        (source["colour"], source["shape"]), _outcome(without, ref_track, world),
-        _outcome(with_echoreel, ref_track, world), _outcome(decode_to_frames(model, latents), ref_track, world),
+        (source["colour"], source["shape"]), _outcome(without, ref_track, world, start),
+        _outcome(with_echoreel, ref_track, world, start), _outcome(decode_to_frames(model, latents), ref_track, world),
         str(path), source.get("action", extra["action"]),
     )
     return result, (reference, without, with_echoreel)
@@ -205,6 +232,9 @@ def figures(rows: list[PairResult]) -> dict:
             "shape_leakage": _share(shape),
             "prompt_object": _share([(o.colour, o.shape) == r.prompt_object for o, r in judged]),
         }
+        offsets = [o.start_offset for o, _ in outcomes if o.start_offset is not None]
+        if offsets:  # I2V: frame 0's object against the image's, over the videos with an object there
+            out[way]["start_offset"] = sum(offsets) / len(offsets)
     return out
 
 
@@ -255,8 +285,9 @@ def evaluate(model: VideoModel, echoreel: EchoReel, data_json: str | Path, setti
 def format_report(report: dict) -> str:
     """A table: one row per action, each group's actions followed by the group's row, then
     overall; each cell 'without / with EchoReel'."""
+    i2v = "start_offset" in report["overall"]["with_echoreel"]
     lines = ["action        pairs  motion fidelity  path fidelity    content leakage (colour, shape)  objects found"
-             "  prompt's object  | VAE round trip: fidelity"]
+             "  prompt's object  | VAE round trip: fidelity" + ("  | start offset, px" if i2v else "")]
     per_action, groups = report["per_action"], report.get("groups", {})
     rows, listed = [], set()
     for group, members in HELD_OUT_GROUPS.items():
@@ -272,7 +303,9 @@ def format_report(report: dict) -> str:
             f"  {w['path_fidelity']:>6.3f} / {e['path_fidelity']:<6.3f}"
             f"  {w['content_leakage']:>4.0%} / {e['content_leakage']:<4.0%} ({e['colour_leakage']:.0%}, "
             f"{e['shape_leakage']:.0%})        {w['detection_rate']:>5.1%} / {e['detection_rate']:<6.1%}"
-            f" {w['prompt_object']:>4.0%} / {e['prompt_object']:<4.0%}    | {f['round_trip']['motion_fidelity']:.3f}")
+            f" {w['prompt_object']:>4.0%} / {e['prompt_object']:<4.0%}    | {f['round_trip']['motion_fidelity']:.3f}"
+            + (f"                    | {w.get('start_offset', float('nan')):.1f} / {e.get('start_offset', float('nan')):.1f}"
+               if i2v else ""))
     overall = report["overall"]
     if report.get("settings", {}).get("references") == "retrieved":
         lines.append(f"references retrieved from a library: {overall['reference_of_the_action']:.0%} of them show the "
@@ -284,13 +317,18 @@ def shipped_defaults() -> str:
     """The full paths of the default files, for --help's epilog: the description is printed raw,
     so a long path is never broken across lines as argparse wraps option help."""
     return (f"defaults (shipped with the pack):\n  --model     {SHIPPED_DIR / TOY_MODEL_FILE}\n"
-            f"  --echoreel  {SHIPPED_DIR / TOY_ECHOREEL_FILE}")
+            f"  --echoreel  {SHIPPED_DIR / TOY_ECHOREEL_FILE}\n"
+            f"with --i2v:\n  --model     {SHIPPED_DIR / TOY_I2V_MODEL_FILE}\n"
+            f"  --echoreel  {SHIPPED_DIR / TOY_I2V_ECHOREEL_FILE}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m echoreel_core.toy.evaluate", description=__doc__,
                                      epilog=shipped_defaults(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="base model (default: the shipped toy model, path below)")
+    parser.add_argument("--model", help="base model (default: the shipped toy model, path below); an image-to-video "
+                                        "model starts each pair from its target's first frame")
+    parser.add_argument("--i2v", action="store_true",
+                        help="default to the shipped image-to-video toy and its EchoReel weights (paths below)")
     parser.add_argument("--echoreel", help="EchoReel weights (default: the shipped toy weights, path below)")
     parser.add_argument("--data", help="an eval dataset JSON from toy.world (default: 60 held-out pairs, seed 0, "
                                        "written to a temporary folder)")
@@ -301,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
                              "ComfyUI's KSampler runs it")
     parser.add_argument("--cfg", type=float, default=EvalSettings.cfg)
     parser.add_argument("--strength", type=float, default=EvalSettings.strength)
+    parser.add_argument("--start", type=float, default=EvalSettings.start,
+                        help="EchoReel from this percent of the schedule (0: the first, noisiest step)")
+    parser.add_argument("--end", type=float, default=EvalSettings.end,
+                        help="EchoReel until this percent (1: the last step; 0.4: timesteps >= 599 only)")
     parser.add_argument("--out", help="folder for report.json and GIF grids")
     parser.add_argument("--library", help="a toy library (python -m echoreel_core.toy.library): pick each pair's "
                                           "reference from it by retrieval instead of using the pair's own")
@@ -311,9 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     log.info("%s", configure_threads(args.threads))
-    model = load_video_model(args.model or shipped(TOY_MODEL_FILE))
-    echoreel = load_echoreel(args.echoreel or shipped(TOY_ECHOREEL_FILE))
-    settings = EvalSettings(args.steps, args.cfg, strength=args.strength, sampler=args.sampler)
+    model = load_video_model(args.model or shipped(TOY_I2V_MODEL_FILE if args.i2v else TOY_MODEL_FILE))
+    echoreel = load_echoreel(args.echoreel or shipped(TOY_I2V_ECHOREEL_FILE if args.i2v else TOY_ECHOREEL_FILE))
+    settings = EvalSettings(args.steps, args.cfg, strength=args.strength, sampler=args.sampler, start=args.start,
+                            end=args.end)
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or write_dataset(tmp, "eval", args.pairs or 60, seed=0)
         picker = LibraryPicker(model, args.library, other_objects=args.other_objects) if args.library else None
