@@ -171,7 +171,7 @@ RETRIEVAL_NOTE = (
     "Only a prompt: Prompt text feeds both the video's prompt and Find Reference Video, which picks the "
     "library clip whose caption matches it best and gives its frames and caption to Action Prism Encode. "
     "After a run the node shows the clip it chose and its score.\n\n"
-    "input/toy_library is a toy library of 32 captioned clips (16 actions) that the pack writes into ComfyUI's "
+    "input/toy_library is a toy library of 40 captioned clips (20 actions) that the pack writes into ComfyUI's "
     "input folder on its first start; to write it again: python -m echoreel_core.toy.library "
     "<ComfyUI>/input/toy_library --per-action 2\n\n"
     "Your own library: a folder of videos with a captions.json ([{\"video\": ..., \"caption\": ...}]) or a "

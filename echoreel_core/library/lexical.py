@@ -19,7 +19,7 @@ video captions say what happens: "a red circle *moving down*", "a man *doing a c
 (`ACTION_WEIGHT`; see `query_terms`), and the action phrase's neighbouring word pairs are index
 words of their own ("mov down", in captions and prompts alike). Why: EchoReel wants a reference of
 the action, whatever shows it, and in a caption the subject's words can be as rare as the
-action's (the toy library: 12 objects, 16 actions), so without them "a red square moving down"
+action's (the toy library: 12 objects, 20 actions), so without them "a red square moving down"
 prefers "a red square bouncing up and down", which shares "red", "square" and "down", to "a blue
 circle moving down", which shares only the action. `Bm25.scores` returns the raw score per document; `Bm25.ideal` is the score of a
 document that says exactly the query's words, so `scores / ideal` is 1 for such a caption and
