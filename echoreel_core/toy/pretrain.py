@@ -204,6 +204,11 @@ BASE_PHASES = {"all": BASE_SCHEDULE, "noisy": MOTION_SCHEDULE, "clean": DETAIL_S
 # the image-to-video toy, from the finished text-to-video one: the new parts start from scratch
 I2V_SCHEDULE = Schedule(steps=1200, lr=5e-4, warmup=50)
 BASE_BATCH = 8
+# which clips the base models see: "named", the base actions only (moving left/right/up/down, which
+# their captions name); "prism", every Prism action, the others captioned by their object only (a
+# base that can draw curves and size changes but cannot be prompted into them, the paper's premise).
+# Never a held-out action.
+BASE_MOTIONS = ("named", "prism")
 DROP_ACTION = 0.25  # captions that name only the object
 DROP_CAPTION = 0.10  # empty captions: the unconditional branch of classifier-free guidance
 
@@ -215,19 +220,25 @@ def base_captions(spec: ClipSpec, rng: random.Random, split: Split) -> str:
     return clip_caption(spec, "none" if u < DROP_CAPTION + DROP_ACTION else "known", split)
 
 
+def base_actions(motions: str, split: Split) -> tuple[str, ...]:
+    if motions not in BASE_MOTIONS:
+        raise ValueError(f"motions must be one of {BASE_MOTIONS}, got {motions!r}")
+    return split.base if motions == "named" else split.prism
+
+
 def train_base(vae: AutoencoderKL, seed: int = 0, schedule: Schedule = BASE_SCHEDULE, world: World = World(),
-               split: Split = DEFAULT_SPLIT, init: VideoModel | None = None) -> VideoModel:
+               split: Split = DEFAULT_SPLIT, init: VideoModel | None = None, motions: str = "named") -> VideoModel:
     """UNet + text encoder on the base actions, from scratch or from `init`, with the VAE frozen."""
     torch.manual_seed(seed)
     model = VideoModel(dataclasses.replace(TOY_PRESET, vae=vae.config))
     if init is not None:
         model.load_state_dict(init.state_dict())
     model.vae.load_state_dict(vae.state_dict())
-    return _fit_diffusion(model, [model.unet, model.text_encoder], seed, schedule, world, split, "base")
+    return _fit_diffusion(model, [model.unet, model.text_encoder], seed, schedule, world, split, "base", motions)
 
 
 def train_i2v(t2v: VideoModel, seed: int = 0, schedule: Schedule = I2V_SCHEDULE, world: World = World(),
-              split: Split = DEFAULT_SPLIT) -> VideoModel:
+              split: Split = DEFAULT_SPLIT, motions: str = "named") -> VideoModel:
     """The image-to-video toy from the text-to-video one: its UNet, VAE and text encoder, plus the
     image cross-attention, vision tower and Resampler, trained on the base actions conditioned on
     each clip's first frame. `to_v_ip` starts at zero, so training starts from the text-to-video
@@ -244,17 +255,17 @@ def train_i2v(t2v: VideoModel, seed: int = 0, schedule: Schedule = I2V_SCHEDULE,
             if "to_v_ip" in name:
                 p.zero_()
     return _fit_diffusion(model, [model.unet, model.image_encoder, model.resampler], seed, schedule, world, split,
-                          "i2v")
+                          "i2v", motions)
 
 
 def _fit_diffusion(model: VideoModel, trained: list[nn.Module], seed: int, schedule: Schedule, world: World,
-                   split: Split, name: str) -> VideoModel:
-    """The eps loss on clips of the base actions with the base captions; an I2V model also sees
+                   split: Split, name: str, motions: str) -> VideoModel:
+    """The eps loss on clips of `base_actions(motions)` with the base captions; an I2V model also sees
     each clip's first frame (a mid-grey image where the caption is empty: the unconditional
     branch, as `VideoModel.encode_image(None)`)."""
     preset = model.preset
     model.requires_grad_(False).eval()
-    next_clip = clip_stream(seed + 1, split.base, world)
+    next_clip = clip_stream(seed + 1, base_actions(motions, split), world)
     caption_rng = random.Random(f"echoreel-toy/base-captions/{seed}")
     generator = torch.Generator().manual_seed(seed)
     tokens: dict[str, torch.Tensor] = {}
@@ -304,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                              "clean (0-499)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default: vae 1500; base all 1500, noisy 800, "
                                                   "clean 1200; i2v 1200)")
+    parser.add_argument("--motions", choices=BASE_MOTIONS, default="named",
+                        help="base and i2v stages: named: the four moves the captions name (default); prism: also "
+                             "every other Prism action, captioned by its object only (never a held-out action)")
     parser.add_argument("--seed", type=int, default=0)
     add_threads_argument(parser)
     args = parser.parse_args(argv)
@@ -321,12 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         save_vae(train_vae(args.seed, schedule), args.out)
     elif args.stage == "i2v":
         schedule = dataclasses.replace(I2V_SCHEDULE, steps=args.steps or I2V_SCHEDULE.steps)
-        save_video_model(train_i2v(load_video_model(args.init), args.seed, schedule), args.out)
+        save_video_model(train_i2v(load_video_model(args.init), args.seed, schedule, motions=args.motions), args.out)
     else:
         default = BASE_PHASES[args.phase]
         schedule = dataclasses.replace(default, steps=args.steps or default.steps)
         init = load_video_model(args.init) if args.init else None
-        model = train_base(load_vae(args.vae), args.seed, schedule, init=init)
+        model = train_base(load_vae(args.vae), args.seed, schedule, init=init, motions=args.motions)
         save_video_model(model, args.out)
     log.info("wrote %s in %.1f min", args.out, (time.perf_counter() - started) / 60)
     return 0
