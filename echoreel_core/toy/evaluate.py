@@ -62,9 +62,12 @@ from ..threads import add_threads_argument, configure_threads
 from ..video_io import frames_to_model_input, read_video_frames, write_video
 from . import metrics
 from .models import SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_I2V_ECHOREEL_FILE, TOY_I2V_MODEL_FILE, TOY_MODEL_FILE, shipped
-from .world import HELD_OUT_GROUPS, World, caption, write_dataset
+from .world import DEFAULT_SPLIT, HELD_OUT_GROUPS, World, caption, write_dataset
 
 log = logging.getLogger("echoreel.toy.evaluate")
+
+
+DEFAULT_PAIRS = 10 * len(DEFAULT_SPLIT.held_out)  # the dataset cycles through the held-out actions
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--i2v", action="store_true",
                         help="default to the shipped image-to-video toy and its EchoReel weights (paths below)")
     parser.add_argument("--echoreel", help="EchoReel weights (default: the shipped toy weights, path below)")
-    parser.add_argument("--data", help="an eval dataset JSON from toy.world (default: 60 held-out pairs, seed 0, "
+    parser.add_argument("--data", help=f"an eval dataset JSON from toy.world (default: {DEFAULT_PAIRS} held-out pairs, "
+                                       "10 of each held-out action, seed 0, "
                                        "written to a temporary folder)")
     parser.add_argument("--pairs", type=int, help="evaluate only the first N pairs")
     parser.add_argument("--steps", type=int, default=EvalSettings.steps, help="sampling steps (default %(default)s)")
@@ -358,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = EvalSettings(args.steps, args.cfg, strength=args.strength, sampler=args.sampler, start=args.start,
                             end=args.end)
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data or write_dataset(tmp, "eval", args.pairs or 60, seed=0)
+        data = args.data or write_dataset(tmp, "eval", args.pairs or DEFAULT_PAIRS, seed=0)
         picker = LibraryPicker(model, args.library, other_objects=args.other_objects) if args.library else None
         report = evaluate(model, echoreel, data, settings, args.pairs, args.out, picker=picker)
     print(format_report(report))

@@ -17,7 +17,7 @@ it stopped; the Prism stage resumes from its own latest checkpoint):
     7. ship: both base models (fp16) and both EchoReel weights (fp32) into --out (default
        --work/shipped), laid out as the shipped folder, with a reference video of a held-out
        action for the demo and a first frame for the image-to-video examples;
-    8. evaluate: `toy.evaluate` of each toy on the held-out pairs, reports into --work/eval and
+    8. evaluate: `toy.evaluate` of each toy on 70 held-out pairs, reports into --work/eval and
        --work/eval_i2v.
 """
 
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--echoreel-steps", type=int, help="default: the toy training config's")
     parser.add_argument("--i2v-steps", type=int, default=pretrain.I2V_SCHEDULE.steps)
     parser.add_argument("--echoreel-i2v-steps", type=int, help="default: the toy_i2v training config's")
-    parser.add_argument("--eval-pairs", type=int, default=60, help="held-out pairs evaluated at the end")
+    parser.add_argument("--eval-pairs", type=int, default=evaluate.DEFAULT_PAIRS,
+                        help="held-out pairs evaluated at the end (default: %(default)s, 10 of each held-out action)")
     parser.add_argument("--eval-steps", type=int, default=evaluate.EvalSettings.steps)
     add_threads_argument(parser)
     args = parser.parse_args(argv)
