@@ -23,7 +23,7 @@ from comfy.model_patcher import ModelPatcher
 
 from ..echoreel_core.files import WriteError, atomic_write, make_folder
 from ..echoreel_core.toy.library import EXAMPLE_LIBRARY, EXAMPLE_PER_ACTION, write_library
-from ..echoreel_core.toy.models import SHIPPED_DIR, TOY_REFERENCE_FILE
+from ..echoreel_core.toy.models import SHIPPED_DIR, TOY_FIRST_FRAME_FILE, TOY_REFERENCE_FILE
 
 MODEL_FOLDERS = {"videocrafter": ("videocrafter", "checkpoints"), "echoreel": ("echoreel",),
                  "echoreel_motion": ("echoreel_motion",)}
@@ -55,18 +55,20 @@ def register_model_folders() -> None:
 
 
 def provide_example_input() -> None:
-    """Copy the toy reference video into ComfyUI's input folder once, if absent, so that the
-    example workflows find it and the upload widget previews it like any upload. Atomically: a
-    copy cut short would otherwise stay, broken, since only an absent file is copied. An input
-    folder that cannot be written costs the example only (a warning), not the node's widget."""
-    source = SHIPPED_DIR / TOY_REFERENCE_FILE
-    target = os.path.join(folder_paths.get_input_directory(), source.name)
-    if source.is_file() and not os.path.exists(target):
-        try:
-            make_folder(os.path.dirname(target))
-            atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
-        except WriteError as error:
-            logging.warning("EchoReel: no example reference video: %s", error)
+    """Copy the toy reference video and the image-to-video toy's first frame into ComfyUI's input
+    folder once each, if absent, so that the example workflows find them and the upload widgets
+    preview them like any upload. Atomically: a copy cut short would otherwise stay, broken, since
+    only an absent file is copied. An input folder that cannot be written costs the examples only
+    (a warning), not the node's widget."""
+    for name in (TOY_REFERENCE_FILE, TOY_FIRST_FRAME_FILE):
+        source = SHIPPED_DIR / name
+        target = os.path.join(folder_paths.get_input_directory(), source.name)
+        if source.is_file() and not os.path.exists(target):
+            try:
+                make_folder(os.path.dirname(target))
+                atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+            except WriteError as error:
+                logging.warning("EchoReel: no example input %s: %s", source.name, error)
 
 
 def provide_example_library() -> None:

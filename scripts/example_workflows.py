@@ -9,8 +9,7 @@ from its node definitions, each node sized to what its widgets need (the page's 
 placed in columns with nothing overlapping, and saved with the page's own serialisers: the UI
 file as the frontend saves it (version 0.4, no saved view, so the page fits the whole graph to the
 window on opening) and the API copy as "Export (API)" writes it. `thumbnails` queues each API copy
-at its own settings and writes a frame grid (256 px wide jpg) of the videos it saved; the
-image-to-video workflow needs files that do not ship, so its picture is a text card saying so.
+at its own settings and writes a frame grid (256 px wide jpg) of the videos it saved.
 """
 
 from __future__ import annotations
@@ -31,13 +30,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from comfyui_server import API_EXAMPLES, EXAMPLES, serve  # noqa: E402
 
 from echoreel_core.toy.library import EXAMPLE_LIBRARY  # noqa: E402
-from echoreel_core.toy.models import SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_MODEL_FILE  # noqa: E402
+from echoreel_core.toy.models import (  # noqa: E402
+    SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_FIRST_FRAME_FILE, TOY_I2V_ECHOREEL_FILE, TOY_I2V_MODEL_FILE, TOY_MODEL_FILE,
+)
 
 GAP_X, GAP_Y = 50, 40  # between columns, and between a node and the title bar of the next one
 MIN_WIDTH = 280
 
-TOY_MODEL = pathlib.PurePosixPath(TOY_MODEL_FILE).name
-TOY_ECHOREEL = pathlib.PurePosixPath(TOY_ECHOREEL_FILE).name
 # the shipped motion file: `python -m echoreel_core.motion encode` of the toy reference for the prompts
 # "a red circle" / "" and the caption "a blue square" (see SAVED_MOTION_NOTE)
 TOY_MOTION_FILE = "echoreel_motion/toy_orbit.safetensors"
@@ -51,27 +50,14 @@ def sha256(path: pathlib.Path) -> str:
 # properties.models: the frontend's schema requires a `url` in each entry, and its missing-models
 # dialog offers a download only from huggingface.co or civitai.com; any other address is shown with
 # "Copy URL". No download address exists for the toy files (they ship with the pack, which puts
-# their folder on ComfyUI's model paths, so they are never missing) nor for EchoReel weights for
-# VideoCrafter1 I2V (nobody has trained them), so those entries carry a text in a data: URL that
-# says so instead of an address that would fetch the wrong thing; the official VideoCrafter1 I2V
-# weights are a pickled model.ckpt under another name, so its entry names the official project.
-VIDEOCRAFTER_PROJECT = "https://github.com/AILab-CVC/VideoCrafter"
-
-
-def toy_model_entry(kind: str) -> dict:
-    relative = {"videocrafter": TOY_MODEL_FILE, "echoreel": TOY_ECHOREEL_FILE, "echoreel_motion": TOY_MOTION_FILE}[kind]
-    name = pathlib.PurePosixPath(relative).name
-    where = pathlib.PurePosixPath("echoreel_core/toy/shipped") / relative
-    return {"name": name, "url": f"data:text/plain,ships with ComfyUI-EchoReel ({where}): nothing to download",
-            "hash": sha256(SHIPPED_DIR / relative), "hash_type": "SHA256", "directory": kind}
-
-
-I2V_MODELS = {
-    "videocrafter": {"name": "videocrafter1_i2v_512.safetensors", "url": VIDEOCRAFTER_PROJECT, "directory": "videocrafter"},
-    "echoreel": {"name": "echoreel_videocrafter1_i2v_512.safetensors",
-                 "url": "data:text/plain,no such file is published: train it with "
-                        "python -m echoreel_core.train --config videocrafter1_i2v", "directory": "echoreel"},
-}
+# their folder on ComfyUI's model paths, so they are never missing), so their entries carry a text
+# in a data: URL that says so instead of an address that would fetch the wrong thing.
+def toy_model_entry(relative: str) -> dict:
+    """The entry of a shipped toy file, `relative` to the shipped folder (its first part: the model folder)."""
+    path = pathlib.PurePosixPath(relative)
+    where = pathlib.PurePosixPath("echoreel_core/toy/shipped") / path
+    return {"name": path.name, "url": f"data:text/plain,ships with ComfyUI-EchoReel ({where}): nothing to download",
+            "hash": sha256(SHIPPED_DIR / relative), "hash_type": "SHA256", "directory": path.parts[0]}
 
 
 def node(key, type_, title=None, widgets=None, inputs=None, models=None, size=None) -> dict:
@@ -143,28 +129,19 @@ def save(key, prefix, source, title=None) -> dict:
                 {"video": (source, "video")})
 
 
-def toy_loaders() -> list[dict]:
+def toy_loaders(model=TOY_MODEL_FILE, echoreel=TOY_ECHOREEL_FILE) -> list[dict]:
+    """The checkpoint and EchoReel loaders on shipped toy files (the text-to-video toy's by default)."""
     return [
-        node("ckpt", "EchoReel_LoadVideoCrafterCheckpoint", None, {"ckpt_name": TOY_MODEL, "dtype": "auto"},
-             models=[toy_model_entry("videocrafter")]),
-        node("echoreel", "EchoReel_LoadEchoReel", None, {"echoreel_name": TOY_ECHOREEL}, models=[toy_model_entry("echoreel")]),
+        node("ckpt", "EchoReel_LoadVideoCrafterCheckpoint", None,
+             {"ckpt_name": pathlib.PurePosixPath(model).name, "dtype": "auto"}, models=[toy_model_entry(model)]),
+        node("echoreel", "EchoReel_LoadEchoReel", None, {"echoreel_name": pathlib.PurePosixPath(echoreel).name},
+             models=[toy_model_entry(echoreel)]),
     ]
 
 
 def prompts(prompt="a red circle", caption=("caption", "Reference caption", "a blue square")) -> list[dict]:
     return [encode("prompt", "Prompt", prompt), encode("negative", "Negative prompt", ""), encode(*caption)]
 
-
-I2V_NOTE = (
-    "This template does not run as shipped: it needs three files that do not ship.\n\n"
-    "1. models/videocrafter/videocrafter1_i2v_512.safetensors: the official VideoCrafter1 Image2Video-512 "
-    "model.ckpt, converted: python -m echoreel_core.convert model.ckpt videocrafter1_i2v_512.safetensors\n"
-    "2. models/echoreel/echoreel_videocrafter1_i2v_512.safetensors: EchoReel weights for that model, "
-    "from training (python -m echoreel_core.train --config videocrafter1_i2v); no official ones exist.\n"
-    "3. input/first_frame.png: the first frame of your video (upload it in First frame).\n\n"
-    "The reference is the shipped toy_reference.mp4 (a blue square orbiting): upload your own and "
-    "describe it in Reference caption."
-)
 
 RETRIEVAL_PROMPT = "a red circle orbiting clockwise"
 RETRIEVAL_NOTE = (
@@ -252,7 +229,7 @@ WORKFLOWS = {
     "EchoReel saved motion": (
         [*toy_loaders(),
          node("motion", "EchoReel_LoadMotion", None, {"motion_name": TOY_MOTION}, {"echoreel": ("echoreel", "echoreel")},
-              models=[toy_model_entry("echoreel_motion")]),
+              models=[toy_model_entry(TOY_MOTION_FILE)]),
          encode("prompt", "Prompt", "a red circle"), encode("negative", "Negative prompt", ""), apply("motion"),
          sampler("sampler"), save("save", "echoreel/saved_motion", "sampler"),
          node("note", "Note", "A motion file instead of a reference video", {"": SAVED_MOTION_NOTE}, size=(420, 290))],
@@ -284,23 +261,14 @@ WORKFLOWS = {
          node("note", "Note", "A reference found from the prompt", {"": RETRIEVAL_NOTE}, size=(420, 230))],
         [["note", "ckpt", "echoreel"], ["text", "prompt", "negative"], ["find"], ["prism", "apply"], ["sampler", "save"]],
     ),
-    "EchoReel I2V (needs files)": (
-        [node("ckpt", "EchoReel_LoadVideoCrafterCheckpoint", None,
-              {"ckpt_name": I2V_MODELS["videocrafter"]["name"], "dtype": "auto"}, models=[I2V_MODELS["videocrafter"]]),
-         node("echoreel", "EchoReel_LoadEchoReel", None, {"echoreel_name": I2V_MODELS["echoreel"]["name"]},
-              models=[I2V_MODELS["echoreel"]]),
-         reference("reference", size=(512, 320)),
-         *prompts("a corgi running in a circle"), prism("prism"), apply(),
-         node("image", "LoadImage", "First frame", {"image": "first_frame.png"}),
-         sampler("sampler", size=(512, 320), steps=50, cfg=12.0, image=("image", "IMAGE")),
-         save("save", "echoreel/image_to_video", "sampler"),
-         node("note", "Note", "Needs files that do not ship", {"": I2V_NOTE}, size=(420, 330))],
-        [["note", "ckpt", "echoreel"], ["reference", "caption"], ["image", "prompt", "negative"], ["prism", "apply"],
+    "EchoReel image to video": (
+        [*toy_loaders(TOY_I2V_MODEL_FILE, TOY_I2V_ECHOREEL_FILE), reference("reference"), *prompts(), prism("prism"),
+         apply(), node("image", "LoadImage", "First frame", {"image": pathlib.PurePosixPath(TOY_FIRST_FRAME_FILE).name}),
+         sampler("sampler", image=("image", "IMAGE")), save("save", "echoreel/image_to_video", "sampler")],
+        [["ckpt", "echoreel", "prompt", "negative"], ["reference", "caption"], ["image", "prism", "apply"],
          ["sampler", "save"]],
     ),
 }
-
-RUNNABLE = [name for name in WORKFLOWS if "needs files" not in name]
 
 # The graph is built from the node definitions, saved, and opened again as a user opens a file
 # (app.loadGraphData), since only then do upload widgets show their previews, which set the
@@ -503,22 +471,6 @@ def frame_grid(videos: list, rows_each: int, columns: int = 4):
     return picture.resize((THUMB_WIDTH, round(picture.height * THUMB_WIDTH / picture.width)), Image.LANCZOS)
 
 
-def text_card(lines: list[str]):
-    from PIL import Image, ImageDraw, ImageFont
-
-    card = Image.new("RGB", (THUMB_WIDTH, THUMB_WIDTH), (40, 40, 48))
-    draw = ImageDraw.Draw(card)
-    try:
-        font = ImageFont.load_default(size=18)
-    except TypeError:  # Pillow without FreeType's bundled font
-        font = ImageFont.load_default()
-    y = 28
-    for line in lines:
-        draw.text((16, y), line, fill=(235, 235, 235), font=font)
-        y += 30
-    return card
-
-
 def make_thumbnails(names: list[str]) -> None:
     from comfyui_server import load
 
@@ -527,11 +479,6 @@ def make_thumbnails(names: list[str]) -> None:
     try:
         for name in names:
             target = EXAMPLES / f"{name}.jpg"
-            if name not in RUNNABLE:
-                text_card(["Image to video", "", "needs VideoCrafter1 I2V", "and EchoReel weights", "for it: not included",
-                           "", "(no run: no such files)"]).save(target, quality=90)
-                print(f"wrote {target.name}: a text card")
-                continue
             prompt = load(API_EXAMPLES / f"{name}.json")
             started = time.time()
             entry = server.run(prompt)

@@ -23,7 +23,6 @@ from comfyui_server import API_EXAMPLES, EXAMPLES, PACK_DIR, api_copy, load, mes
 from echoreel_core.toy.models import SHIPPED_DIR
 
 UI_EXAMPLES = ui_examples()
-RUNNABLE = [path for path in UI_EXAMPLES if "needs files" not in path.stem]
 # the toy workflows run at their own size (64x64, 16 frames) with fewer steps, and an fps of their
 # own, which the saved mp4 must carry (on the KSampler path: the fps conditioning and the decode's)
 QUICK = {
@@ -34,11 +33,6 @@ QUICK = {
     "EchoReel_DecodeVideo": {"fps": 12},
 }
 PACK_SAMPLERS = ("EchoReel_VideoCrafterSampler", "EchoReel_LongVideoSampler")
-# the image-to-video workflow names VideoCrafter1 I2V files: tiny random ones of 32x32, 4 frames
-TINY_I2V = {
-    "EchoReel_LoadReferenceVideo": {"frames": 4, "width": 32, "height": 32},
-    "EchoReel_VideoCrafterSampler": {"frames": 4, "width": 32, "height": 32, "cfg": 7.5},
-}
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +55,11 @@ def example(name: str) -> dict:
 
 
 def quick(prompt: dict, **overrides) -> dict:
-    """The API workflow with fewer steps (and the I2V one at the tiny weights' size), plus
-    per-class overrides {class_type: {input: value}}."""
+    """The API workflow with fewer steps, plus per-class overrides {class_type: {input: value}}."""
     prompt = copy.deepcopy(prompt)
-    i2v = any(node["class_type"] == "LoadImage" for node in prompt.values())
     for node in prompt.values():
         node.pop("_meta", None)
-        for changes in (QUICK, TINY_I2V if i2v else {}, overrides):
+        for changes in (QUICK, overrides):
             node["inputs"].update(changes.get(node["class_type"], {}))
     return prompt
 
