@@ -25,7 +25,7 @@ from echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_
 from echoreel_core.presets import PRESETS
 from echoreel_core.models.video_model import VideoModel
 from echoreel_core.sampling.ddim import ddim_schedule, randn, sample_ddim
-from echoreel_core.threads import add_threads_argument, configure_threads
+from echoreel_core.common.threads import add_threads_argument, configure_threads
 
 
 def timed(fn, device) -> float:

@@ -34,7 +34,7 @@ import torch
 from echoreel_core.library import Searcher, load_index, update_index
 from echoreel_core.library.cli import load_embedder
 from echoreel_core.library.probe import SIGNATURE_SIZE, Facts, probe_clip
-from echoreel_core.threads import add_threads_argument, configure_threads
+from echoreel_core.common.threads import add_threads_argument, configure_threads
 
 SUBJECTS = """man woman child girl boy dog cat horse bird eagle dolphin fish car bus train bicycle skateboarder surfer
 dancer gymnast runner swimmer skier snowboarder chef drummer guitarist violinist climber boxer wrestler juggler

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from echoreel_core.threads import add_threads_argument, configure_threads
+from echoreel_core.common.threads import add_threads_argument, configure_threads
 
 
 def one_run(args) -> dict:

@@ -32,7 +32,7 @@ for path in (str(ROOT), str(ROOT / "tests")):
 
 from comfyui_env import import_pack_in_process  # noqa: E402
 
-from echoreel_core.threads import add_threads_argument, configure_threads  # noqa: E402
+from echoreel_core.common.threads import add_threads_argument, configure_threads  # noqa: E402
 
 RUNS = ("without", "everywhere", "left", "right")
 

@@ -71,7 +71,7 @@ for path in (str(ROOT), str(ROOT / "tests")):
 
 from comfyui_env import import_pack_in_process  # noqa: E402
 
-from echoreel_core.threads import add_threads_argument, configure_threads  # noqa: E402
+from echoreel_core.common.threads import add_threads_argument, configure_threads  # noqa: E402
 
 GB = 1e9
 FULL = "videocrafter2-t2v-512"

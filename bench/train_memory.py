@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from echoreel_core.memory import GiB  # noqa: E402
 from echoreel_core.presets import PRESETS  # noqa: E402
-from echoreel_core.threads import add_threads_argument, configure_threads  # noqa: E402
+from echoreel_core.common.threads import add_threads_argument, configure_threads  # noqa: E402
 from echoreel_core.train_config import load_config  # noqa: E402
 from echoreel_core.train_memory import HEADROOM, estimate_training_memory  # noqa: E402
 

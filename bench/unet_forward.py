@@ -20,7 +20,7 @@ import torch
 from echoreel_core.models.unet_lvdm import LVDMUNet
 from echoreel_core.models.unet_videocrafter import VideoCrafterUNet
 from echoreel_core.presets import PRESETS
-from echoreel_core.threads import add_threads_argument, configure_threads
+from echoreel_core.common.threads import add_threads_argument, configure_threads
 
 
 def naive_attention(q, k, v, heads):

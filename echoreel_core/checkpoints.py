@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .detect import UnknownModelError, detect_family, detect_preset
-from .files import atomic_write
+from .common.files import atomic_write
 from .models.video_model import VideoModel, component_prefixes
 from .presets import ModelPreset
 

@@ -16,8 +16,8 @@ import sys
 from .checkpoints import DTYPES, ECHOREEL_KEYS, CheckpointError, load_video_model, read_state_dict, save_video_model
 from .echoreel.weights import FORMAT as ECHOREEL_FORMAT
 from .echoreel.weights import load_echoreel, save_echoreel
-from .files import WriteError
-from .threads import add_threads_argument, configure_threads
+from .common.files import WriteError
+from .common.threads import add_threads_argument, configure_threads
 
 
 def has_echoreel_weights(path: str) -> bool:

@@ -22,11 +22,11 @@ import torch
 from .checkpoints import CheckpointError, load_video_model
 from .echoreel.features import encode_reference
 from .echoreel.weights import load_echoreel
-from .files import WriteError, make_folder
+from .common.files import WriteError, make_folder
 from .memory import InsufficientMemoryError
 from .pipeline import SamplingSettings
 from .sampling.ddim import NonFiniteError
-from .threads import add_threads_argument, configure_threads
+from .common.threads import add_threads_argument, configure_threads
 from .toy import metrics
 from .toy.evaluate import without_and_with
 from .toy.models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_REFERENCE_FILE, shipped

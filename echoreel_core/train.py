@@ -96,12 +96,12 @@ from .distributed import (DistInfo, PeerFailedError, gather_objects, init_distri
                           main_works_alone, sample_seed, seed_globals, together)
 from .echoreel.features import Reference, action_features, encode_reference
 from .echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
-from .files import WriteError, atomic_write, make_folder, temporaries
+from .common.files import WriteError, atomic_write, make_folder, temporaries
 from .memory import GiB, InsufficientMemoryError, available_bytes
 from .models import unet_lvdm, unet_videocrafter
 from .models.video_model import VideoModel
 from .pipeline import EchoReelGuidance, SamplingSettings, image_to_video, text_to_video
-from .threads import add_threads_argument, configure_threads
+from .common.threads import add_threads_argument, configure_threads
 from .train_agreement import AgreementError, agree, claim_output_folder, file_sha256, run_fields
 from .train_config import ConfigError, key_help, load_config, preset_configs
 from .train_memory import check_training_fits, memory_report, presets_to_estimate

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from .distributed import DistInfo, gather_objects
-from .files import WriteError, atomic_write, make_folder
+from .common.files import WriteError, atomic_write, make_folder
 from .train_config import PATH_KEYS
 from .train_state import RESUME_WORDS
 

@@ -12,7 +12,7 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..echoreel_core.files import make_folder
+from ..echoreel_core.common.files import make_folder
 from ..echoreel_core.motion import check_weights, describe, file_sha256, frames_sha256, read_motion, save_motion
 from . import runtime
 from .common import ActionFeaturesType, echoreel_input, schema

@@ -21,7 +21,7 @@ import folder_paths
 import torch
 from comfy.model_patcher import ModelPatcher
 
-from ..echoreel_core.files import WriteError, atomic_write, make_folder
+from ..echoreel_core.common.files import WriteError, atomic_write, make_folder
 from ..echoreel_core.toy.library import EXAMPLE_LIBRARY, EXAMPLE_PER_ACTION, write_library
 from ..echoreel_core.toy.models import SHIPPED_DIR, TOY_FIRST_FRAME_FILE, TOY_REFERENCE_FILE
 

@@ -10,7 +10,7 @@ import warnings
 import folder_paths
 from comfy_api.latest import InputImpl, io
 
-from ..echoreel_core.files import WriteError, make_folder
+from ..echoreel_core.common.files import WriteError, make_folder
 from ..echoreel_core.video_io import VIDEO_EXTENSIONS, read_reference, select_reference, write_video
 from . import runtime
 from .common import check_option, schema

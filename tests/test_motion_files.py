@@ -25,7 +25,7 @@ from comfyui_env import (
 from echoreel_core.checkpoints import load_video_model, save_video_model
 from echoreel_core.echoreel.features import ActionFeatures, Reference, action_features, encode_reference
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
-from echoreel_core.files import temporaries
+from echoreel_core.common.files import temporaries
 from echoreel_core.models.video_model import VideoModel
 from echoreel_core.motion import (
     FORMAT,

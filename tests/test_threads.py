@@ -1,4 +1,4 @@
-"""CPU threads for the command lines (echoreel_core/threads.py): --threads beats OMP_NUM_THREADS beats
+"""CPU threads for the command lines (echoreel_core/common/threads.py): --threads beats OMP_NUM_THREADS beats
 the available cores, shared between torchrun's local processes; the CLIs say what they chose."""
 
 import argparse
@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from echoreel_core import threads
-from echoreel_core.threads import add_threads_argument, available_cores, configure_threads
+from echoreel_core.common import threads
+from echoreel_core.common.threads import add_threads_argument, available_cores, configure_threads
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ from echoreel_core.checkpoints import save_video_model
 from echoreel_core.data import DatasetError, PairDataset, StreamSampler, VideoSpec, load_entries
 from echoreel_core.echoreel.features import Reference, prism_tokens
 from echoreel_core.echoreel.weights import load_echoreel, save_echoreel
-from echoreel_core.files import WriteError, temporaries
+from echoreel_core.common.files import WriteError, temporaries
 from echoreel_core.models.video_model import VideoModel
 from echoreel_core.presets import tiny_preset
 from echoreel_core.train import Trainer, main, train

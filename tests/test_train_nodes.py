@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from test_train import ROOT, free_port, overrides, subprocess_env, world  # noqa: F401 - world is a fixture
 
-from echoreel_core.files import temporaries
+from echoreel_core.common.files import temporaries
 from echoreel_core.train import Trainer
 from echoreel_core.train_agreement import MARKER
 from echoreel_core.train_config import load_config

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from ..attention import AttentionFn
 from ..checkpoints import CheckpointError, check_finite, read_state_dict
 from ..detect import UNET, UnknownModelError, detect_preset
-from ..files import atomic_write
+from ..common.files import atomic_write
 from ..models.ops import CoreModel
 from ..models.unet_lvdm import LVDMUNet
 from ..models.unet_videocrafter import VideoCrafterUNet

@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli_args import at_least
-from ..threads import add_threads_argument, configure_threads
+from ..common.cli_args import at_least
+from ..common.threads import add_threads_argument, configure_threads
 from .embed import TextEmbedder
 from .index import InterruptedIndexing, load_index, update_index
 from .pairs import DUPLICATE_THRESHOLD, make_pairs, write_pairs

@@ -36,7 +36,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..files import atomic_write
+from ..common.files import atomic_write
 from ..video_io import VideoReadError
 from . import lexical
 from .embed import EncoderInfo, TextEmbedder

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import atomic_write, make_folder
+from ..common.files import atomic_write, make_folder
 from .search import Hit, Searcher
 
 DUPLICATE_THRESHOLD = 0.95

@@ -22,10 +22,10 @@ import torch
 from ..checkpoints import CheckpointError, load_video_model
 from ..echoreel.features import Reference, action_features, encode_reference
 from ..echoreel.weights import load_echoreel
-from ..files import WriteError, make_folder
+from ..common.files import WriteError, make_folder
 from ..sampling.ddim import NonFiniteError
-from ..cli_args import at_least
-from ..threads import add_threads_argument, configure_threads
+from ..common.cli_args import at_least
+from ..common.threads import add_threads_argument, configure_threads
 from ..toy.models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, shipped
 from ..video_io import VideoReadError, frames_to_model_input, read_video_frames
 from .file import MotionFileError, describe, read_motion, save_motion

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from ..checkpoints import CheckpointError, read_state_dict
 from ..echoreel.features import ActionFeatures
 from ..echoreel.weights import EchoReel
-from ..files import atomic_write
+from ..common.files import atomic_write
 from .fingerprint import prism_sha256
 
 FORMAT = "echoreel.motion"

@@ -58,7 +58,7 @@ from ..echoreel.weights import EchoReel, load_echoreel
 from ..library import LEXICAL_WEIGHT, Searcher, TextEmbedder, update_index
 from ..models.video_model import VideoModel
 from ..pipeline import SAMPLERS, EchoReelGuidance, SamplingSettings, decode_to_frames, generate_latents, prepare_image
-from ..threads import add_threads_argument, configure_threads
+from ..common.threads import add_threads_argument, configure_threads
 from ..video_io import frames_to_model_input, read_video_frames, write_video
 from . import metrics
 from .models import SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_I2V_ECHOREEL_FILE, TOY_I2V_MODEL_FILE, TOY_MODEL_FILE, shipped

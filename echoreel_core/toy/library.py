@@ -26,9 +26,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..files import make_folder
-from ..threads import add_threads_argument, configure_threads
-from ..cli_args import at_least
+from ..common.files import make_folder
+from ..common.threads import add_threads_argument, configure_threads
+from ..common.cli_args import at_least
 from .world import ACTIONS, World, caption, sample_clip, write_clips, write_json
 
 # the retrieval example workflow's library: input/toy_library, written by the ComfyUI pack on its

@@ -35,7 +35,7 @@ import torch
 
 from ..checkpoints import load_video_model, save_video_model
 from ..echoreel.weights import load_echoreel, save_echoreel
-from ..threads import add_threads_argument, configure_threads
+from ..common.threads import add_threads_argument, configure_threads
 from ..train import main as train_main
 from . import evaluate, pretrain
 from .models import (TOY_ECHOREEL_FILE, TOY_FIRST_FRAME_FILE, TOY_I2V_ECHOREEL_FILE, TOY_I2V_MODEL_FILE,

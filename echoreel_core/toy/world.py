@@ -111,8 +111,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..cli_args import at_least
-from ..threads import add_threads_argument, configure_threads
+from ..common.cli_args import at_least
+from ..common.threads import add_threads_argument, configure_threads
 
 # ---- the world's vocabulary ----------------------------------------------------------------------
 
@@ -468,7 +468,7 @@ def sample_pair(rng: random.Random, action: str, world: World, pair_motion: str 
 
 
 def write_json(path: Path, data) -> None:
-    from ..files import atomic_write
+    from ..common.files import atomic_write
 
     text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

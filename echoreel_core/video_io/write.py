@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from ..files import atomic_write
+from ..common.files import atomic_write
 from .tensors import to_uint8
 
 
