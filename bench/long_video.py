@@ -34,7 +34,7 @@ def one_run(args) -> dict:
     from echoreel_core.long_pipeline import long_text_to_video
     from echoreel_core.models.video_model import VideoModel
     from echoreel_core.pipeline import SamplingSettings
-    from echoreel_core.presets import PRESETS, tiny_preset
+    from echoreel_core.models.presets import PRESETS, tiny_preset
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base, tiny = PRESETS["videocrafter2-t2v-512"], tiny_preset("videocrafter2-t2v-512")

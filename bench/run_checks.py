@@ -20,7 +20,7 @@ import torch
 from echoreel_core import memory
 from echoreel_core.checkpoints import load_video_model
 from echoreel_core.pipeline import SamplingSettings, generate_latents
-from echoreel_core.presets import PRESETS
+from echoreel_core.models.presets import PRESETS
 from echoreel_core.sampling import ddim
 from echoreel_core.common.threads import add_threads_argument, configure_threads
 from echoreel_core.toy.models import TOY_MODEL_FILE, shipped

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from echoreel_core.checkpoints import save_video_model  # noqa: E402
 from echoreel_core.models.autoencoder import AutoencoderConfig  # noqa: E402
 from echoreel_core.models.video_model import VideoModel  # noqa: E402
-from echoreel_core.presets import tiny_preset  # noqa: E402
+from echoreel_core.models.presets import tiny_preset  # noqa: E402
 from echoreel_core.common.threads import add_threads_argument, configure_threads  # noqa: E402
 from echoreel_core.train import Trainer  # noqa: E402
 from echoreel_core.train_config import load_config  # noqa: E402

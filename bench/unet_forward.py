@@ -19,7 +19,7 @@ import torch
 
 from echoreel_core.models.unet_lvdm import LVDMUNet
 from echoreel_core.models.unet_videocrafter import VideoCrafterUNet
-from echoreel_core.presets import PRESETS
+from echoreel_core.models.presets import PRESETS
 from echoreel_core.common.threads import add_threads_argument, configure_threads
 
 

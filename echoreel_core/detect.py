@@ -15,7 +15,7 @@ from .models.autoencoder import AutoencoderConfig
 from .models.image_encoders import OpenCLIPVisionConfig, ResamplerConfig
 from .models.text_encoders import CLIPTextConfig, OpenCLIPTextConfig
 from .models.unet_lvdm import LVDMUNetConfig
-from .presets import PRESETS, ModelPreset
+from .models.presets import PRESETS, ModelPreset
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."

@@ -25,7 +25,7 @@ from torch.utils._pytree import tree_flatten
 from .models.autoencoder import AutoencoderKL
 from .models.unet_lvdm import LVDMUNet
 from .models.unet_videocrafter import VideoCrafterUNet
-from .presets import ModelPreset
+from .models.presets import ModelPreset
 
 GiB = 2**30
 

@@ -43,7 +43,7 @@ from .detect import detect_preset
 from .echoreel.integration import position_code
 from .memory import GiB, InsufficientMemoryError, StorageCounter, estimate_sampling_memory
 from .models.video_model import VideoModel
-from .presets import PRESETS, ModelPreset
+from .models.presets import PRESETS, ModelPreset
 from .train_config import ConfigError
 
 # CUDA autocast runs these in fp32 (aten's autocast_mode.cpp: the fp32 and fp32_set_opt_dtype

@@ -33,7 +33,7 @@ from ..echoreel_core.echoreel.integration import integration_sites
 from ..echoreel_core.memory import estimate_sampling_memory
 from ..echoreel_core.models.unet_lvdm import LVDMUNet
 from ..echoreel_core.models.unet_videocrafter import VideoCrafterUNet
-from ..echoreel_core.presets import ModelPreset
+from ..echoreel_core.models.presets import ModelPreset
 from ..echoreel_core.sampling.dpmpp import sigma_table
 from ..echoreel_core.sampling.schedule import NoiseSchedule
 

@@ -17,7 +17,7 @@ import torch
 from echoreel_core.checkpoints import save_video_model
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig, save_echoreel
 from echoreel_core.models.video_model import VideoModel
-from echoreel_core.presets import tiny_preset
+from echoreel_core.models.presets import tiny_preset
 from echoreel_core.video_io import write_video
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from safetensors.torch import save as safetensors_bytes
 from echoreel_core.checkpoints import CheckpointError, code_request, load_video_model, read_state_dict
 from echoreel_core.echoreel.weights import load_echoreel
 from echoreel_core.models.video_model import VideoModel, component_prefixes
-from echoreel_core.presets import tiny_preset
+from echoreel_core.models.presets import tiny_preset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEDULE_BUFFERS = [

@@ -12,14 +12,14 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from echoreel_core.attention import relative_attention
+from echoreel_core.models.attention import relative_attention
 from echoreel_core.checkpoints import CheckpointError
 from echoreel_core.echoreel.features import Reference, action_features, prism_tokens
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
 from echoreel_core.models.video_model import VideoModel, component_prefixes
 from echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents, guided_denoiser
 from echoreel_core.sampling.ddim import ddim_schedule, randn, sample_ddim
-from echoreel_core.presets import PRESETS
+from echoreel_core.models.presets import PRESETS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LVDM_SITES = [f"input_blocks.{i}.1" for i in (1, 2, 4, 5, 7, 8)] + ["middle_block.1"] + [

@@ -39,7 +39,7 @@ from echoreel_core.motion import (
 )
 from echoreel_core.motion.cli import main
 from echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents
-from echoreel_core.presets import tiny_preset
+from echoreel_core.models.presets import tiny_preset
 from echoreel_core.toy.models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_REFERENCE_FILE, shipped
 from echoreel_core.video_io import frames_to_model_input, read_video_frames
 

@@ -37,7 +37,7 @@ def comfy():
     from comfyui_echoreel_pack.echoreel_core.checkpoints import load_video_model
     from comfyui_echoreel_pack.echoreel_core.models.tokenizer import CLIPTokenizer
     from comfyui_echoreel_pack.echoreel_core.models.video_model import VideoModel
-    from comfyui_echoreel_pack.echoreel_core.presets import tiny_preset
+    from comfyui_echoreel_pack.echoreel_core.models.presets import tiny_preset
     from comfyui_echoreel_pack.echoreel_core.toy.models import TOY_MODEL_FILE, shipped
     from comfyui_echoreel_pack.nodes import clip as clip_module
     from comfyui_echoreel_pack.nodes.runtime import tokenizer_merges_path

@@ -29,7 +29,7 @@ from comfyui_echoreel_pack.echoreel_core.echoreel.weights import EchoReel, EchoR
 from comfyui_echoreel_pack.echoreel_core.long_pipeline import generate_long_latents  # noqa: E402
 from comfyui_echoreel_pack.echoreel_core.models.video_model import VideoModel  # noqa: E402
 from comfyui_echoreel_pack.echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents  # noqa: E402
-from comfyui_echoreel_pack.echoreel_core.presets import tiny_preset  # noqa: E402
+from comfyui_echoreel_pack.echoreel_core.models.presets import tiny_preset  # noqa: E402
 from comfyui_echoreel_pack.echoreel_core.sampling.dpmpp import (  # noqa: E402
     karras_schedule, percent_to_sigma, sigma_table)
 from comfyui_echoreel_pack.nodes.echoreel_nodes import ApplyEchoReel  # noqa: E402

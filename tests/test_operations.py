@@ -17,14 +17,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tiny import tiny_model
 
-from echoreel_core.attention import sdpa_attention
+from echoreel_core.models.attention import sdpa_attention
 from echoreel_core.checkpoints import load_video_model, save_video_model
 from echoreel_core.echoreel.features import Reference, prism_tokens
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig
 from echoreel_core.models.layers import Attention, RelativePosition
 from echoreel_core.models.ops import ParameterLeaf, compute_dtype, set_attention
 from echoreel_core.models.video_model import VideoModel
-from echoreel_core.presets import PRESETS, tiny_preset
+from echoreel_core.models.presets import PRESETS, tiny_preset
 from echoreel_core.toy.models import TOY_MODEL_FILE, shipped
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ from echoreel_core.echoreel.features import Reference, prism_tokens
 from echoreel_core.echoreel.weights import load_echoreel, save_echoreel
 from echoreel_core.common.files import WriteError, temporaries
 from echoreel_core.models.video_model import VideoModel
-from echoreel_core.presets import tiny_preset
+from echoreel_core.models.presets import tiny_preset
 from echoreel_core.train import Trainer, main, train
 from echoreel_core.train_config import ConfigError, key_help, load_config, preset_configs
 from echoreel_core.train_state import LATEST, SLOW_SAVE_ENV, load_checkpoint, resolve_checkpoint

@@ -16,7 +16,7 @@ from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from echoreel_core.memory import GiB, InsufficientMemoryError
-from echoreel_core.presets import tiny_preset
+from echoreel_core.models.presets import tiny_preset
 from echoreel_core.train import Trainer, main
 from echoreel_core.train_config import load_config
 from echoreel_core.train_memory import check_training_fits, cuda_autocast_policy, estimate_training_memory

@@ -6,11 +6,11 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from echoreel_core.attention import relative_attention, sdpa_attention
+from echoreel_core.models.attention import relative_attention, sdpa_attention
 from echoreel_core.models.layers import Attention
 from echoreel_core.models.video_model import VideoModel, component_prefixes
 from echoreel_core.pipeline import guided_denoiser
-from echoreel_core.presets import PRESETS
+from echoreel_core.models.presets import PRESETS
 
 # Official sizes (videocrafter.md §1.8, §2, §4; echoreel-official.md §3.3): keys, parameters.
 VAE = (248, 83_653_863)

@@ -3,7 +3,7 @@
 import torch
 
 from echoreel_core.models.video_model import VideoModel
-from echoreel_core.presets import tiny_preset
+from echoreel_core.models.presets import tiny_preset
 
 
 def tiny_model(name: str, seed: int = 0) -> VideoModel:

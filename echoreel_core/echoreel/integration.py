@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..attention import relative_attention
+from ..models.attention import relative_attention
 from ..models.layers import Attention
 from ..models.ops import Factory, compute_dtype, zero_
 from ..models.unet_lvdm import BasicTransformerBlockST, LVDMUNet

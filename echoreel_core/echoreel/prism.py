@@ -23,7 +23,7 @@ import torch.nn as nn
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from ..attention import AttentionFn
+from ..models.attention import AttentionFn
 from ..models.layers import Attention, FeedForward
 from ..models.ops import CoreModel, Factory, compute_dtype
 

@@ -20,14 +20,14 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from ..attention import AttentionFn
+from ..models.attention import AttentionFn
 from ..checkpoints import CheckpointError, check_finite, read_state_dict
 from ..detect import UNET, UnknownModelError, detect_preset
 from ..common.files import atomic_write
 from ..models.ops import CoreModel
 from ..models.unet_lvdm import LVDMUNet
 from ..models.unet_videocrafter import VideoCrafterUNet
-from ..presets import ModelPreset
+from ..models.presets import ModelPreset
 from .integration import ActionIntegration, Attachment, Site, integration_sites
 from .prism import ActionPrism, ActionPrismConfig
 

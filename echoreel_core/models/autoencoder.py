@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..attention import AttentionFn
+from .attention import AttentionFn
 from .ops import CoreModel, Factory, compute_dtype, module_device
 
 

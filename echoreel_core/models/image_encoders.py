@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import AttentionFn
+from .attention import AttentionFn
 from .ops import CoreModel, Factory, alias, compute_dtype, module_device, randn_, rename_state_keys
 from .text_encoders import Transformer
 

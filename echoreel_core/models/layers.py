@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..attention import relative_attention
+from .attention import relative_attention
 from .ops import Factory, cast_to, xavier_uniform_, zero_
 
 

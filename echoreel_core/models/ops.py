@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import AttentionFn, sdpa_attention
+from .attention import AttentionFn, sdpa_attention
 
 
 class torch_ops:  # noqa: N801 - named like comfy.ops' namespaces

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import AttentionFn
+from .attention import AttentionFn
 from .ops import (
     CoreModel, Factory, alias, compute_dtype, constant_, module_device, normal_, randn_, rename_state_keys, zero_,
 )

@@ -17,7 +17,7 @@ import torch.nn as nn
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from ..attention import AttentionFn
+from .attention import AttentionFn
 from .layers import Attention, Downsample, FeedForward, ResBlock, Upsample, timestep_embedding
 from .ops import CoreModel, Factory, compute_dtype, zero_
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..attention import AttentionFn
-from ..presets import ModelPreset
+from .attention import AttentionFn
+from .presets import ModelPreset
 from .autoencoder import AutoencoderKL
 from .image_encoders import OpenCLIPVisionEncoder, Resampler
 from .ops import compute_dtype, module_device, set_attention

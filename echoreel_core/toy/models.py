@@ -23,7 +23,7 @@ from pathlib import Path
 from ..models.autoencoder import AutoencoderConfig
 from ..models.image_encoders import OpenCLIPVisionConfig, ResamplerConfig
 from ..models.text_encoders import OpenCLIPTextConfig
-from ..presets import PRESETS, ModelPreset
+from ..models.presets import PRESETS, ModelPreset
 
 # laid out as ComfyUI's folders, so that the nodes can add these to models/ and input/
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"

@@ -47,7 +47,7 @@ from ..checkpoints import load_video_model, read_state_dict, save_video_model
 from ..common.files import atomic_write
 from ..models.autoencoder import AutoencoderConfig, AutoencoderKL
 from ..models.video_model import VideoModel
-from ..presets import _from_dict
+from ..models.presets import _from_dict
 from ..common.threads import add_threads_argument, configure_threads
 from .models import TOY_I2V_PRESET, TOY_PRESET
 from .world import DEFAULT_SPLIT, ClipSpec, Split, World, clip_caption, render, sample_clip

@@ -11,12 +11,12 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from .models.autoencoder import AutoencoderConfig
-from .models.image_encoders import OpenCLIPVisionConfig, ResamplerConfig
-from .models.text_encoders import CLIPTextConfig, OpenCLIPTextConfig
-from .models.unet_lvdm import LVDMUNetConfig
-from .models.unet_videocrafter import VideoCrafterUNetConfig
-from .sampling.schedule import NoiseSchedule, official_alphas_cumprod, official_scale_arr
+from .autoencoder import AutoencoderConfig
+from .image_encoders import OpenCLIPVisionConfig, ResamplerConfig
+from .text_encoders import CLIPTextConfig, OpenCLIPTextConfig
+from .unet_lvdm import LVDMUNetConfig
+from .unet_videocrafter import VideoCrafterUNetConfig
+from ..sampling.schedule import NoiseSchedule, official_alphas_cumprod, official_scale_arr
 
 
 @dataclass(frozen=True)
