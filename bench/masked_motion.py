@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     import comfy.sample
     from comfy.model_patcher import ModelPatcher
 
-    from comfyui_echoreel_pack.echoreel_core.checkpoints import load_video_model
+    from comfyui_echoreel_pack.echoreel_core.loading.checkpoints import load_video_model
     from comfyui_echoreel_pack.echoreel_core.data import load_entries
     from comfyui_echoreel_pack.echoreel_core.echoreel.features import Reference, action_features, encode_reference
     from comfyui_echoreel_pack.echoreel_core.echoreel.weights import load_echoreel

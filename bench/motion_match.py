@@ -43,7 +43,7 @@ def held_out_videos(pairs: int, steps: int, cache: Path | None) -> list[dict]:
         stored = torch.load(cache)
         if stored["pairs"] >= pairs and stored["steps"] == steps:
             return stored["rows"][:pairs]
-    from echoreel_core.checkpoints import load_video_model
+    from echoreel_core.loading.checkpoints import load_video_model
     from echoreel_core.data import load_entries
     from echoreel_core.echoreel.weights import load_echoreel
     from echoreel_core.toy.evaluate import EvalSettings, evaluate_pair

@@ -85,7 +85,7 @@ def pack_modules():
 
     import comfyui_echoreel_pack.nodes.model as native
     from comfyui_echoreel_pack.echoreel_core.models import presets
-    from comfyui_echoreel_pack.echoreel_core.checkpoints import load_video_model
+    from comfyui_echoreel_pack.echoreel_core.loading.checkpoints import load_video_model
     from comfyui_echoreel_pack.echoreel_core.models.unet_videocrafter import VideoCrafterUNet
     from comfyui_echoreel_pack.echoreel_core.toy.models import TOY_MODEL_FILE, shipped
 

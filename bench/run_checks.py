@@ -18,7 +18,7 @@ from unittest import mock
 import torch
 
 from echoreel_core import memory
-from echoreel_core.checkpoints import load_video_model
+from echoreel_core.loading.checkpoints import load_video_model
 from echoreel_core.pipeline import SamplingSettings, generate_latents
 from echoreel_core.models.presets import PRESETS
 from echoreel_core.sampling import ddim

@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from echoreel_core.checkpoints import save_video_model  # noqa: E402
+from echoreel_core.loading.checkpoints import save_video_model  # noqa: E402
 from echoreel_core.models.autoencoder import AutoencoderConfig  # noqa: E402
 from echoreel_core.models.video_model import VideoModel  # noqa: E402
 from echoreel_core.models.presets import tiny_preset  # noqa: E402

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .checkpoints import DTYPES, ECHOREEL_KEYS, CheckpointError, load_video_model, read_state_dict, save_video_model
+from .loading.checkpoints import DTYPES, ECHOREEL_KEYS, CheckpointError, load_video_model, read_state_dict, save_video_model
 from .echoreel.weights import FORMAT as ECHOREEL_FORMAT
 from .echoreel.weights import load_echoreel, save_echoreel
 from .common.files import WriteError

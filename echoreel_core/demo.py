@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, load_video_model
+from .loading.checkpoints import CheckpointError, load_video_model
 from .echoreel.features import encode_reference
 from .echoreel.weights import load_echoreel
 from .common.files import WriteError, make_folder

@@ -89,7 +89,7 @@ from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from .checkpoints import DTYPES, CheckpointError, load_video_model
+from .loading.checkpoints import DTYPES, CheckpointError, load_video_model
 from .data import (CacheKeys, Clip, DatasetError, Entry, PairDataset, Sample, Skip, StreamSampler, TensorCache,
                    VideoSpec, collate, fingerprint, load_entries)
 from .distributed import (DistInfo, PeerFailedError, gather_objects, init_distributed, is_distributed, is_lost_peer,

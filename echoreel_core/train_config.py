@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .checkpoints import DTYPES
+from .loading.checkpoints import DTYPES
 from .train_state import RESUME_WORDS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

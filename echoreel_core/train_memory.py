@@ -37,9 +37,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 
-from .checkpoints import DTYPES, FORMAT as VIDEO_MODEL_FORMAT, CheckpointError, read_state_dict
+from .loading.checkpoints import DTYPES, FORMAT as VIDEO_MODEL_FORMAT, CheckpointError, read_state_dict
 from .data import Clip, Sample
-from .detect import detect_preset
+from .loading.detect import detect_preset
 from .echoreel.integration import position_code
 from .memory import GiB, InsufficientMemoryError, StorageCounter, estimate_sampling_memory
 from .models.video_model import VideoModel

@@ -8,8 +8,8 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.latest import io
 
-from ..echoreel_core.checkpoints import load_video_model
-from ..echoreel_core.detect import vae_config
+from ..echoreel_core.loading.checkpoints import load_video_model
+from ..echoreel_core.loading.detect import vae_config
 from ..echoreel_core.echoreel.weights import load_echoreel
 from ..echoreel_core.models.autoencoder import AutoencoderKL
 from ..echoreel_core.models.tokenizer import CLIPTokenizer

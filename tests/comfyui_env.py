@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from echoreel_core.checkpoints import save_video_model
+from echoreel_core.loading.checkpoints import save_video_model
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig, save_echoreel
 from echoreel_core.models.video_model import VideoModel
 from echoreel_core.models.presets import tiny_preset

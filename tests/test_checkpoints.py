@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from echoreel_core.checkpoints import CheckpointError, code_request, load_video_model, read_state_dict
+from echoreel_core.loading.checkpoints import CheckpointError, code_request, load_video_model, read_state_dict
 from echoreel_core.echoreel.weights import load_echoreel
 from echoreel_core.models.video_model import VideoModel, component_prefixes
 from echoreel_core.models.presets import tiny_preset
@@ -328,7 +328,7 @@ def test_every_wording_of_a_code_refusal_is_recognised(tmp_path):
 def test_loaded_model_is_in_eval_mode_and_samples_deterministically(tmp_path):
     """VideoCrafter2's temporal convolutions hold dropout: a model left in training mode would
     give a different video for the same seed on every run (found on the toy model)."""
-    from echoreel_core.checkpoints import save_video_model
+    from echoreel_core.loading.checkpoints import save_video_model
     from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
 
     torch.manual_seed(0)
@@ -354,7 +354,7 @@ def test_a_file_without_schedule_buffers_gets_the_official_ones(tmp_path, name, 
     pruned = {k: v for k, v in state.items() if k not in ("alphas_cumprod", "scale_arr")}
     path = tmp_path / "pruned.ckpt"
     torch.save({"state_dict": pruned}, path)
-    with caplog.at_level("WARNING", logger="echoreel_core.checkpoints"):
+    with caplog.at_level("WARNING", logger="echoreel_core.loading.checkpoints"):
         model = load_video_model(path)
     assert torch.equal(model.schedule.alphas_cumprod, source.preset.official_schedule().alphas_cumprod)
     assert model.schedule.alphas_cumprod.device.type == "cpu"

@@ -13,7 +13,7 @@ import torch
 from tiny import tiny_model
 
 from echoreel_core.models.attention import relative_attention
-from echoreel_core.checkpoints import CheckpointError
+from echoreel_core.loading.checkpoints import CheckpointError
 from echoreel_core.echoreel.features import Reference, action_features, prism_tokens
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
 from echoreel_core.models.video_model import VideoModel, component_prefixes

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from echoreel_core.checkpoints import save_video_model
+from echoreel_core.loading.checkpoints import save_video_model
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig, save_echoreel
 from echoreel_core.common.files import WriteError, atomic_write, temporaries
 from echoreel_core.train_state import LATEST, save_checkpoint

@@ -22,7 +22,7 @@ from comfyui_env import (
     write_reference_video,
     write_tiny_weights,
 )
-from echoreel_core.checkpoints import load_video_model, save_video_model
+from echoreel_core.loading.checkpoints import load_video_model, save_video_model
 from echoreel_core.echoreel.features import ActionFeatures, Reference, action_features, encode_reference
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
 from echoreel_core.common.files import temporaries

@@ -34,7 +34,7 @@ def comfy():
     import comfy.utils
     import nodes
 
-    from comfyui_echoreel_pack.echoreel_core.checkpoints import load_video_model
+    from comfyui_echoreel_pack.echoreel_core.loading.checkpoints import load_video_model
     from comfyui_echoreel_pack.echoreel_core.models.tokenizer import CLIPTokenizer
     from comfyui_echoreel_pack.echoreel_core.models.video_model import VideoModel
     from comfyui_echoreel_pack.echoreel_core.models.presets import tiny_preset

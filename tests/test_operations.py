@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tiny import tiny_model
 
 from echoreel_core.models.attention import sdpa_attention
-from echoreel_core.checkpoints import load_video_model, save_video_model
+from echoreel_core.loading.checkpoints import load_video_model, save_video_model
 from echoreel_core.echoreel.features import Reference, prism_tokens
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig
 from echoreel_core.models.layers import Attention, RelativePosition

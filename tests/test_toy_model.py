@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from echoreel_core.checkpoints import load_video_model
+from echoreel_core.loading.checkpoints import load_video_model
 from echoreel_core.echoreel.weights import load_echoreel
 from echoreel_core.toy import metrics, pretrain, retrain
 from echoreel_core.toy.evaluate import EvalSettings, evaluate

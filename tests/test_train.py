@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from echoreel_core.checkpoints import save_video_model
+from echoreel_core.loading.checkpoints import save_video_model
 from echoreel_core.data import DatasetError, PairDataset, StreamSampler, VideoSpec, load_entries
 from echoreel_core.echoreel.features import Reference, prism_tokens
 from echoreel_core.echoreel.weights import load_echoreel, save_echoreel

@@ -21,8 +21,8 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from ..models.attention import AttentionFn
-from ..checkpoints import CheckpointError, check_finite, read_state_dict
-from ..detect import UNET, UnknownModelError, detect_preset
+from ..loading.checkpoints import CheckpointError, check_finite, read_state_dict
+from ..loading.detect import UNET, UnknownModelError, detect_preset
 from ..common.files import atomic_write
 from ..models.ops import CoreModel
 from ..models.unet_lvdm import LVDMUNet

@@ -29,7 +29,7 @@ from .search import LEXICAL_WEIGHT, Searcher
 
 def load_embedder(model: str | None) -> TextEmbedder:
     """The text encoder and tokenizer of a video model file (default: the shipped toy model)."""
-    from ..checkpoints import load_video_model
+    from ..loading.checkpoints import load_video_model
     from ..toy.models import TOY_MODEL_FILE, shipped
 
     video_model = load_video_model(model or shipped(TOY_MODEL_FILE))

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..checkpoints import CheckpointError, read_state_dict
+from ..loading.checkpoints import CheckpointError, read_state_dict
 from ..echoreel.features import ActionFeatures
 from ..echoreel.weights import EchoReel
 from ..common.files import atomic_write

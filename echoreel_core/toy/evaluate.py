@@ -51,7 +51,7 @@ from typing import Callable
 
 import torch
 
-from ..checkpoints import load_video_model
+from ..loading.checkpoints import load_video_model
 from ..data import load_entries
 from ..echoreel.features import Reference, action_features, encode_reference
 from ..echoreel.weights import EchoReel, load_echoreel

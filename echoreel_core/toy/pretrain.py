@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ..checkpoints import load_video_model, read_state_dict, save_video_model
+from ..loading.checkpoints import load_video_model, read_state_dict, save_video_model
 from ..common.files import atomic_write
 from ..models.autoencoder import AutoencoderConfig, AutoencoderKL
 from ..models.video_model import VideoModel

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import load_video_model, save_video_model
+from ..loading.checkpoints import load_video_model, save_video_model
 from ..echoreel.weights import load_echoreel, save_echoreel
 from ..common.threads import add_threads_argument, configure_threads
 from ..train import main as train_main

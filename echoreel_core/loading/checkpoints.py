@@ -19,9 +19,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .detect import UnknownModelError, detect_family, detect_preset
-from .common.files import atomic_write
-from .models.video_model import VideoModel, component_prefixes
-from .models.presets import ModelPreset
+from ..common.files import atomic_write
+from ..models.video_model import VideoModel, component_prefixes
+from ..models.presets import ModelPreset
 
 log = logging.getLogger(__name__)
 

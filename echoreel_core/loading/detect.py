@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from .models.autoencoder import AutoencoderConfig
-from .models.image_encoders import OpenCLIPVisionConfig, ResamplerConfig
-from .models.text_encoders import CLIPTextConfig, OpenCLIPTextConfig
-from .models.unet_lvdm import LVDMUNetConfig
-from .models.presets import PRESETS, ModelPreset
+from ..models.autoencoder import AutoencoderConfig
+from ..models.image_encoders import OpenCLIPVisionConfig, ResamplerConfig
+from ..models.text_encoders import CLIPTextConfig, OpenCLIPTextConfig
+from ..models.unet_lvdm import LVDMUNetConfig
+from ..models.presets import PRESETS, ModelPreset
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
