@@ -162,6 +162,12 @@ def test_retrain_runs_every_stage_end_to_end(tmp_path, monkeypatch):
                                                     "i2v.safetensors", "echoreel_i2v/echoreel.safetensors",
                                                     "data/prism/prism.json")]
     written = [p.stat().st_mtime_ns for p in stages]
+    # an EchoReel stage cut short after a save (its export written, no finished mark) runs again, resuming
+    (tmp_path / "work" / "echoreel_i2v" / "finished").unlink()
+    assert retrain.main(["--work", str(tmp_path / "work"), "--eval-pairs", "1", "--eval-steps", "2", "--threads", "1",
+                         "--echoreel-i2v-steps", "3"]) == 0
+    assert torch.load(tmp_path / "work" / "echoreel_i2v" / "checkpoints" / "step_00000003.pt", weights_only=True)["step"] == 3
+    written = [p.stat().st_mtime_ns for p in stages]
     elsewhere = tmp_path / "elsewhere"
     assert retrain.main(["--work", str(tmp_path / "work"), "--out", str(elsewhere), "--eval-pairs", "1",
                          "--eval-steps", "2", "--threads", "1"]) == 0

@@ -4,7 +4,7 @@ The files go to --out, by default a folder inside --work, so that a trial run ne
 the files the pack ships: pass `--out echoreel_core/toy/shipped` to replace those.
 
 Stages (each skipped when its output already exists in --work, so a cut-short run goes on where
-it stopped; the Prism stage resumes from its own latest checkpoint):
+it stopped; the EchoReel stages, once started, resume from their own latest checkpoints):
     1. data: the Prism training pairs (2000, seed 0) as mp4 files + the official JSON;
     2. vae: the AutoencoderKL (`toy.pretrain vae`);
     3. base: UNet + text encoder on the base actions (`toy.pretrain base`), then on their noisy
@@ -64,6 +64,13 @@ def write_first_frame(path: Path, world: World = World()) -> Path:
     """The image-to-video examples' first frame: a red circle where the demo reference's orbit starts."""
     spec = dataclasses.replace(_demo_reference(world), colour="red", shape="circle")
     return write_video(path, render(spec, world)[:1], world.fps)
+
+
+def finished(export: Path) -> Path:
+    """The mark of a finished EchoReel stage, next to its export: the trainer refreshes the export
+    at every save, so its presence alone does not say the run reached its last step (a cut-short
+    stage runs again and the trainer resumes from its latest checkpoint)."""
+    return export.parent / "finished"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                           + ([f"train.max_steps={args.echoreel_steps}"] if args.echoreel_steps else []))
         if code:
             raise SystemExit(f"EchoReel training failed (exit {code})")
+        finished(echoreel_file).touch()
 
-    stage("echoreel", echoreel_file, train_echoreel)
+    stage("echoreel", finished(echoreel_file), train_echoreel)
     i2v_file, echoreel_i2v_file = work / "i2v.safetensors", work / "echoreel_i2v" / "echoreel.safetensors"
     i2v_schedule = dataclasses.replace(pretrain.I2V_SCHEDULE, steps=args.i2v_steps)
     stage("i2v", i2v_file, lambda: save_video_model(
@@ -143,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                           + ([f"train.max_steps={args.echoreel_i2v_steps}"] if args.echoreel_i2v_steps else []))
         if code:
             raise SystemExit(f"EchoReel training for the image-to-video toy failed (exit {code})")
+        finished(echoreel_i2v_file).touch()
 
-    stage("echoreel_i2v", echoreel_i2v_file, train_echoreel_i2v)
+    stage("echoreel_i2v", finished(echoreel_i2v_file), train_echoreel_i2v)
     shipped_files = (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE, TOY_I2V_MODEL_FILE, TOY_I2V_ECHOREEL_FILE,
                      TOY_FIRST_FRAME_FILE)
     for name in shipped_files:
