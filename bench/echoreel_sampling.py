@@ -21,7 +21,7 @@ import torch
 
 from echoreel_core.echoreel.features import Reference, action_features, prism_tokens
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig
-from echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents, guided_denoiser
+from echoreel_core.pipelines.generate import EchoReelGuidance, SamplingSettings, generate_latents, guided_denoiser
 from echoreel_core.models.presets import PRESETS
 from echoreel_core.models.video_model import VideoModel
 from echoreel_core.sampling.ddim import ddim_schedule, randn, sample_ddim

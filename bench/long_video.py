@@ -31,9 +31,9 @@ from echoreel_core.common.threads import add_threads_argument, configure_threads
 
 
 def one_run(args) -> dict:
-    from echoreel_core.long_pipeline import long_text_to_video
+    from echoreel_core.pipelines.long_video import long_text_to_video
     from echoreel_core.models.video_model import VideoModel
-    from echoreel_core.pipeline import SamplingSettings
+    from echoreel_core.pipelines.generate import SamplingSettings
     from echoreel_core.models.presets import PRESETS, tiny_preset
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

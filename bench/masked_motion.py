@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from comfyui_echoreel_pack.echoreel_core.data import load_entries
     from comfyui_echoreel_pack.echoreel_core.echoreel.features import Reference, action_features, encode_reference
     from comfyui_echoreel_pack.echoreel_core.echoreel.weights import load_echoreel
-    from comfyui_echoreel_pack.echoreel_core.pipeline import decode_to_frames
+    from comfyui_echoreel_pack.echoreel_core.pipelines.generate import decode_to_frames
     from comfyui_echoreel_pack.echoreel_core.toy import metrics
     from comfyui_echoreel_pack.echoreel_core.toy.models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, shipped
     from comfyui_echoreel_pack.echoreel_core.toy.world import World, write_dataset

@@ -17,9 +17,9 @@ from unittest import mock
 
 import torch
 
-from echoreel_core import memory
+from echoreel_core.pipelines import memory
 from echoreel_core.loading.checkpoints import load_video_model
-from echoreel_core.pipeline import SamplingSettings, generate_latents
+from echoreel_core.pipelines.generate import SamplingSettings, generate_latents
 from echoreel_core.models.presets import PRESETS
 from echoreel_core.sampling import ddim
 from echoreel_core.common.threads import add_threads_argument, configure_threads

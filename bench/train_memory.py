@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from echoreel_core.memory import GiB  # noqa: E402
+from echoreel_core.pipelines.memory import GiB  # noqa: E402
 from echoreel_core.models.presets import PRESETS  # noqa: E402
 from echoreel_core.common.threads import add_threads_argument, configure_threads  # noqa: E402
 from echoreel_core.train_config import load_config  # noqa: E402

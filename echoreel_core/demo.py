@@ -23,8 +23,8 @@ from .loading.checkpoints import CheckpointError, load_video_model
 from .echoreel.features import encode_reference
 from .echoreel.weights import load_echoreel
 from .common.files import WriteError, make_folder
-from .memory import InsufficientMemoryError
-from .pipeline import SamplingSettings
+from .pipelines.memory import InsufficientMemoryError
+from .pipelines.generate import SamplingSettings
 from .sampling.ddim import NonFiniteError
 from .common.threads import add_threads_argument, configure_threads
 from .toy import metrics

@@ -97,10 +97,10 @@ from .distributed import (DistInfo, PeerFailedError, gather_objects, init_distri
 from .echoreel.features import Reference, action_features, encode_reference
 from .echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
 from .common.files import WriteError, atomic_write, make_folder, temporaries
-from .memory import GiB, InsufficientMemoryError, available_bytes
+from .pipelines.memory import GiB, InsufficientMemoryError, available_bytes
 from .models import unet_lvdm, unet_videocrafter
 from .models.video_model import VideoModel
-from .pipeline import EchoReelGuidance, SamplingSettings, image_to_video, text_to_video
+from .pipelines.generate import EchoReelGuidance, SamplingSettings, image_to_video, text_to_video
 from .common.threads import add_threads_argument, configure_threads
 from .train_agreement import AgreementError, agree, claim_output_folder, file_sha256, run_fields
 from .train_config import ConfigError, key_help, load_config, preset_configs

@@ -41,7 +41,7 @@ from .loading.checkpoints import DTYPES, FORMAT as VIDEO_MODEL_FORMAT, Checkpoin
 from .data import Clip, Sample
 from .loading.detect import detect_preset
 from .echoreel.integration import position_code
-from .memory import GiB, InsufficientMemoryError, StorageCounter, estimate_sampling_memory
+from .pipelines.memory import GiB, InsufficientMemoryError, StorageCounter, estimate_sampling_memory
 from .models.video_model import VideoModel
 from .models.presets import PRESETS, ModelPreset
 from .train_config import ConfigError

@@ -12,7 +12,7 @@ import node_helpers
 import torch
 from comfy_api.latest import io
 
-from ..echoreel_core.pipeline import prepare_image
+from ..echoreel_core.pipelines.generate import prepare_image
 from . import runtime
 from .common import schema
 from .model import video_base_model

@@ -30,7 +30,7 @@ from comfy.ldm.modules.attention import optimized_attention
 from comfy.model_patcher import ModelPatcher
 
 from ..echoreel_core.echoreel.integration import integration_sites
-from ..echoreel_core.memory import estimate_sampling_memory
+from ..echoreel_core.pipelines.memory import estimate_sampling_memory
 from ..echoreel_core.models.unet_lvdm import LVDMUNet
 from ..echoreel_core.models.unet_videocrafter import VideoCrafterUNet
 from ..echoreel_core.models.presets import ModelPreset
@@ -194,7 +194,7 @@ class VideoCrafterBaseModel(comfy.model_base.BaseModel):
         return out
 
     def memory_required(self, input_shape, cond_shapes={}):
-        """The core's meta-device count of one UNet call's activations (memory.py) for this shape."""
+        """The core's meta-device count of one UNet call's activations (pipelines/memory.py) for this shape."""
         rows, _, frames, height, width = input_shape
         dtype = self.manual_cast_dtype or self.get_dtype()
         return _activation_bytes(self.preset, rows, frames, height, width, dtype)

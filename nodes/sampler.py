@@ -15,8 +15,8 @@ import latent_preview
 import torch
 from comfy_api.latest import io, ui
 
-from ..echoreel_core.long_pipeline import generate_long_latents
-from ..echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, check_request, size_multiple
+from ..echoreel_core.pipelines.long_video import generate_long_latents
+from ..echoreel_core.pipelines.generate import EchoReelGuidance, SamplingSettings, check_request, size_multiple
 from ..echoreel_core.sampling.schedule import NoiseSchedule
 from . import runtime
 from .common import model_input, schema, seed_input, vae_input

@@ -365,7 +365,7 @@ def test_a_file_without_schedule_buffers_gets_the_official_ones(tmp_path, name, 
         assert len(warned) == 2
     else:
         assert model.schedule.scale_arr is None and len(warned) == 1
-    from echoreel_core.pipeline import SamplingSettings, text_to_video
+    from echoreel_core.pipelines.generate import SamplingSettings, text_to_video
     frames = text_to_video(model, "a cat", SamplingSettings(height=16, width=16, frames=2, steps=2, cfg=1.0))
     assert frames.shape == (2, 16, 16, 3) and torch.isfinite(frames).all()
 

@@ -17,7 +17,7 @@ from echoreel_core.loading.checkpoints import CheckpointError
 from echoreel_core.echoreel.features import Reference, action_features, prism_tokens
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
 from echoreel_core.models.video_model import VideoModel, component_prefixes
-from echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents, guided_denoiser
+from echoreel_core.pipelines.generate import EchoReelGuidance, SamplingSettings, generate_latents, guided_denoiser
 from echoreel_core.sampling.ddim import ddim_schedule, randn, sample_ddim
 from echoreel_core.models.presets import PRESETS
 

@@ -13,9 +13,9 @@ from tiny import tiny_model
 
 from echoreel_core.echoreel.features import Reference, action_features
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig
-from echoreel_core.long_pipeline import generate_long_latents, long_image_to_video, long_text_to_video
+from echoreel_core.pipelines.long_video import generate_long_latents, long_image_to_video, long_text_to_video
 from echoreel_core.models.video_model import VideoModel
-from echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents, image_to_video, text_to_video
+from echoreel_core.pipelines.generate import EchoReelGuidance, SamplingSettings, generate_latents, image_to_video, text_to_video
 from echoreel_core.sampling.ddim import ddim_schedule, randn, sample_ddim
 from echoreel_core.sampling.long_video import dsg_window, fnr_pns_noise, sample_long_video
 from echoreel_core.sampling.schedule import NoiseSchedule, official_alphas_cumprod
@@ -197,7 +197,7 @@ def test_one_clip_equals_text_to_video_and_image_to_video():
 
 
 def test_long_latents_need_only_the_unet_preset_and_schedule():
-    """As pipeline.generate_latents (which the ComfyUI sampler calls with just these three)."""
+    """As generate.generate_latents (which the ComfyUI sampler calls with just these three)."""
     model = tiny_model("videocrafter2-t2v-512")
     bare = SimpleNamespace(unet=model.unet, preset=model.preset, schedule=model.schedule)
     cond, uncond = model.encode_text(["a fox"]), model.encode_text([""])

@@ -38,7 +38,7 @@ from echoreel_core.motion import (
     save_motion,
 )
 from echoreel_core.motion.cli import main
-from echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents
+from echoreel_core.pipelines.generate import EchoReelGuidance, SamplingSettings, generate_latents
 from echoreel_core.models.presets import tiny_preset
 from echoreel_core.toy.models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, TOY_REFERENCE_FILE, shipped
 from echoreel_core.video_io import frames_to_model_input, read_video_frames

@@ -25,7 +25,7 @@ from comfy.model_patcher import ModelPatcher  # noqa: E402
 from comfyui_echoreel_pack.echoreel_core.echoreel.features import ActionFeatures  # noqa: E402
 from comfyui_echoreel_pack.echoreel_core.echoreel.weights import EchoReel, EchoReelConfig  # noqa: E402
 from comfyui_echoreel_pack.echoreel_core.models.video_model import VideoModel  # noqa: E402
-from comfyui_echoreel_pack.echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents  # noqa: E402
+from comfyui_echoreel_pack.echoreel_core.pipelines.generate import EchoReelGuidance, SamplingSettings, generate_latents  # noqa: E402
 from comfyui_echoreel_pack.echoreel_core.models.presets import tiny_preset  # noqa: E402
 from comfyui_echoreel_pack.echoreel_core.sampling.ddim import ddim_schedule, sample_ddim  # noqa: E402
 from comfyui_echoreel_pack.nodes.echoreel_nodes import ApplyEchoReel  # noqa: E402

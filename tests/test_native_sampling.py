@@ -26,9 +26,9 @@ from comfy.model_patcher import ModelPatcher  # noqa: E402
 
 from comfyui_echoreel_pack.echoreel_core.echoreel.features import ActionFeatures, Reference, action_features  # noqa: E402
 from comfyui_echoreel_pack.echoreel_core.echoreel.weights import EchoReel, EchoReelConfig  # noqa: E402
-from comfyui_echoreel_pack.echoreel_core.long_pipeline import generate_long_latents  # noqa: E402
+from comfyui_echoreel_pack.echoreel_core.pipelines.long_video import generate_long_latents  # noqa: E402
 from comfyui_echoreel_pack.echoreel_core.models.video_model import VideoModel  # noqa: E402
-from comfyui_echoreel_pack.echoreel_core.pipeline import EchoReelGuidance, SamplingSettings, generate_latents  # noqa: E402
+from comfyui_echoreel_pack.echoreel_core.pipelines.generate import EchoReelGuidance, SamplingSettings, generate_latents  # noqa: E402
 from comfyui_echoreel_pack.echoreel_core.models.presets import tiny_preset  # noqa: E402
 from comfyui_echoreel_pack.echoreel_core.sampling.dpmpp import (  # noqa: E402
     karras_schedule, percent_to_sigma, sigma_table)

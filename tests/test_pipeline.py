@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from echoreel_core.pipeline import SamplingSettings, image_to_video, text_to_video
+from echoreel_core.pipelines.generate import SamplingSettings, image_to_video, text_to_video
 from echoreel_core.video_io import probe_video, write_video
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def test_bad_sizes_are_refused_before_any_work(size, message):
 
 def test_a_request_beyond_the_machine_memory_is_refused_with_estimate_and_limit():
     """256 frames at 4096x4096 must not start and then get killed."""
-    from echoreel_core.memory import InsufficientMemoryError, available_bytes
+    from echoreel_core.pipelines.memory import InsufficientMemoryError, available_bytes
 
     model = tiny_model("videocrafter2-t2v-512")
     model.encode_text = None
@@ -78,7 +78,7 @@ def test_a_request_beyond_the_machine_memory_is_refused_with_estimate_and_limit(
 
 def test_the_estimate_follows_the_size_and_counts_fused_attention_as_its_output():
     """Linear in frames x pixels at the top level (attention is fused: no n x n weights)."""
-    from echoreel_core.memory import estimate_sampling_memory
+    from echoreel_core.pipelines.memory import estimate_sampling_memory
 
     preset = tiny_model("videocrafter2-t2v-512").preset
     small, large = (estimate_sampling_memory(preset, 1, frames, 64, 64) for frames in (4, 16))

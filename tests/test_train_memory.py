@@ -15,7 +15,7 @@ from test_train import overrides, world  # noqa: F401 - world is a fixture
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from echoreel_core.memory import GiB, InsufficientMemoryError
+from echoreel_core.pipelines.memory import GiB, InsufficientMemoryError
 from echoreel_core.models.presets import tiny_preset
 from echoreel_core.train import Trainer, main
 from echoreel_core.train_config import load_config

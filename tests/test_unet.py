@@ -9,7 +9,7 @@ from tiny import tiny_model
 from echoreel_core.models.attention import relative_attention, sdpa_attention
 from echoreel_core.models.layers import Attention
 from echoreel_core.models.video_model import VideoModel, component_prefixes
-from echoreel_core.pipeline import guided_denoiser
+from echoreel_core.pipelines.generate import guided_denoiser
 from echoreel_core.models.presets import PRESETS
 
 # Official sizes (videocrafter.md §1.8, §2, §4; echoreel-official.md §3.3): keys, parameters.

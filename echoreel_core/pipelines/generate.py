@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .echoreel.features import ActionFeatures
-from .echoreel.weights import EchoReel
+from ..echoreel.features import ActionFeatures
+from ..echoreel.weights import EchoReel
 from .memory import check_fits, estimate_sampling_memory
-from .models.ops import compute_dtype, module_device
-from .models.video_model import VideoModel
-from .sampling.ddim import Denoiser, StepCallback, ddim_schedule, randn, sample_ddim
-from .sampling.dpmpp import (SigmaTable, X0Model, karras_schedule, percent_to_sigma, sample_dpmpp_2m, sigma_table,
-                             start_from_noise, x0_model)
+from ..models.ops import compute_dtype, module_device
+from ..models.video_model import VideoModel
+from ..sampling.ddim import Denoiser, StepCallback, ddim_schedule, randn, sample_ddim
+from ..sampling.dpmpp import (SigmaTable, X0Model, karras_schedule, percent_to_sigma, sample_dpmpp_2m, sigma_table,
+                              start_from_noise, x0_model)
 
 # "ddim": the official sampler (steps on the official grid, eta); "dpmpp_2m": ComfyUI's DPM++ 2M on the
 # karras schedule (deterministic, eta unused), what KSampler runs with those names (sampling/dpmpp.py)

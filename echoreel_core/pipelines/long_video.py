@@ -3,21 +3,21 @@
 The sampler is `sampling.long_video.sample_long_video` (FNR, PNS, DSG, as the official VidRD
 code); this module supplies each clip's denoiser (its own prompt, the shared negative prompt and
 image, its own EchoReel reference if a list is given). `generate_long_latents` needs only the
-UNet, preset and schedule (as `pipeline.generate_latents`, for the ComfyUI sampler);
+UNet, preset and schedule (as `generate.generate_latents`, for the ComfyUI sampler);
 `long_text_to_video` / `long_image_to_video` decode each clip as soon as it is sampled, so memory
 does not grow with the length beyond the output frames. With one clip the results equal
-`pipeline.generate_latents` / `text_to_video` / `image_to_video` exactly.
+`generate.generate_latents` / `text_to_video` / `image_to_video` exactly.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .models.video_model import VideoModel
-from .pipeline import (EchoReelGuidance, SamplingRun, SamplingSettings, check_request, decode_to_frames, guided_denoiser,
+from ..models.video_model import VideoModel
+from .generate import (EchoReelGuidance, SamplingRun, SamplingSettings, check_request, decode_to_frames, guided_denoiser,
                        prepare_image)
-from .sampling.ddim import Denoiser, StepCallback
-from .sampling.long_video import ClipDenoisers, ClipSink, sample_long_video
+from ..sampling.ddim import Denoiser, StepCallback
+from ..sampling.long_video import ClipDenoisers, ClipSink, sample_long_video
 
 Guidance = EchoReelGuidance | list[EchoReelGuidance] | None
 
@@ -76,7 +76,7 @@ def generate_long_latents(
     Returns the latents (b, 4, T, h, w) of all clips concatenated in time, or, when
     `decode_clip(k, latents)` is given, hands it each clip as soon as it is sampled and returns
     None (so nothing but the caller's output grows with the length). Seeding, shapes, CFG and the
-    EchoReel start/end window of each clip are those of `pipeline.generate_latents`, and as there
+    EchoReel start/end window of each clip are those of `generate.generate_latents`, and as there
     only `model.unet`, `model.preset` and `model.schedule` are used. EchoReel is attached once for
     the whole run and detached whatever happens; a list of guidances (one per clip) re-binds clip
     k's features when clip k starts (one k/v projection per site), a single guidance is bound

@@ -22,10 +22,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .models.autoencoder import AutoencoderKL
-from .models.unet_lvdm import LVDMUNet
-from .models.unet_videocrafter import VideoCrafterUNet
-from .models.presets import ModelPreset
+from ..models.autoencoder import AutoencoderKL
+from ..models.unet_lvdm import LVDMUNet
+from ..models.unet_videocrafter import VideoCrafterUNet
+from ..models.presets import ModelPreset
 
 GiB = 2**30
 

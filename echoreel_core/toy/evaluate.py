@@ -57,7 +57,7 @@ from ..echoreel.features import Reference, action_features, encode_reference
 from ..echoreel.weights import EchoReel, load_echoreel
 from ..library import LEXICAL_WEIGHT, Searcher, TextEmbedder, update_index
 from ..models.video_model import VideoModel
-from ..pipeline import SAMPLERS, EchoReelGuidance, SamplingSettings, decode_to_frames, generate_latents, prepare_image
+from ..pipelines.generate import SAMPLERS, EchoReelGuidance, SamplingSettings, decode_to_frames, generate_latents, prepare_image
 from ..common.threads import add_threads_argument, configure_threads
 from ..video_io import frames_to_model_input, read_video_frames, write_video
 from . import metrics
