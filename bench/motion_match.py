@@ -6,7 +6,7 @@ fidelity does, and is it near 0 for unrelated motions?
     .venv/bin/python bench/motion_match.py --cache outputs/motion_match_eval.pt   # keep the videos
 
 Two sets of (reference, other video) pairs, each scored by Motion Match
-(echoreel_core/motion_match.py) and by the tracker's motion cosine (echoreel_core/toy/metrics.py):
+(echoreel_core/motion/match.py) and by the tracker's motion cosine (echoreel_core/toy/metrics.py):
   held-out evaluation: the toy evaluation's pairs (python -m echoreel_core.toy.evaluate: held-out
       actions, the shipped toy model and EchoReel, the official DDIM), each reference against the
       video generated without EchoReel and the one generated with it;
@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from echoreel_core.motion_match import MatchSettings, motion_match, rank_correlation  # noqa: E402
+from echoreel_core.motion.match import MatchSettings, motion_match, rank_correlation  # noqa: E402
 from echoreel_core.toy import metrics  # noqa: E402
 from echoreel_core.toy import world as toy_world  # noqa: E402
 

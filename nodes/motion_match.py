@@ -1,5 +1,5 @@
 """Motion Match: does the generated video move as the reference does? A score from dense optical
-flow and a picture of both flow fields (echoreel_core/motion_match.py). OpenCV
+flow and a picture of both flow fields (echoreel_core/motion/match.py). OpenCV
 (opencv-python-headless) is needed only when this node runs; without it the node says how to
 install it, and the rest of the pack is unaffected.
 """
@@ -10,7 +10,7 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from ..echoreel_core.motion_match import MatchSettings, motion_match, picture
+from ..echoreel_core.motion.match import MatchSettings, motion_match, picture
 from .common import schema
 
 DEFAULTS = MatchSettings()

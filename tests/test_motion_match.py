@@ -1,4 +1,4 @@
-"""Motion Match (echoreel_core/motion_match.py, nodes/motion_match.py) on toy clips: the same
+"""Motion Match (echoreel_core/motion/match.py, nodes/motion_match.py) on toy clips: the same
 motion scores ~1, the reverse negative, unrelated motions ~0, and its ranking agrees with the toy
 tracker's motion cosine. bench/motion_match.py measures the same on the held-out evaluation."""
 
@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from echoreel_core.motion_match import (
+from echoreel_core.motion.match import (
     MatchSettings,
     MissingOpenCV,
     colour_wheel,
@@ -131,7 +131,7 @@ def test_missing_opencv_names_the_package_and_the_command(monkeypatch):
 
 def test_the_pack_imports_without_opencv():
     """Only a match imports cv2: the core module (and so the pack) load where it is absent."""
-    code = ("import sys; sys.modules['cv2'] = None; import echoreel_core.motion_match as m; "
+    code = ("import sys; sys.modules['cv2'] = None; import echoreel_core.motion.match as m; "
             "print(m.MatchSettings().size)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(_root()))
     assert done.returncode == 0 and done.stdout.strip() == "128", done.stderr
