@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from comfy.model_patcher import ModelPatcher
 
     from comfyui_echoreel_pack.echoreel_core.loading.checkpoints import load_video_model
-    from comfyui_echoreel_pack.echoreel_core.data import load_entries
+    from comfyui_echoreel_pack.echoreel_core.training.data import load_entries
     from comfyui_echoreel_pack.echoreel_core.echoreel.features import Reference, action_features, encode_reference
     from comfyui_echoreel_pack.echoreel_core.echoreel.weights import load_echoreel
     from comfyui_echoreel_pack.echoreel_core.pipelines.generate import decode_to_frames

@@ -44,7 +44,7 @@ def held_out_videos(pairs: int, steps: int, cache: Path | None) -> list[dict]:
         if stored["pairs"] >= pairs and stored["steps"] == steps:
             return stored["rows"][:pairs]
     from echoreel_core.loading.checkpoints import load_video_model
-    from echoreel_core.data import load_entries
+    from echoreel_core.training.data import load_entries
     from echoreel_core.echoreel.weights import load_echoreel
     from echoreel_core.toy.evaluate import EvalSettings, evaluate_pair
     from echoreel_core.toy.models import TOY_ECHOREEL_FILE, TOY_MODEL_FILE, shipped

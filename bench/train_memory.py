@@ -3,7 +3,7 @@
     python bench/train_memory.py                          # every official preset, batch 1, 2 and 4
     python bench/train_memory.py --configs videocrafter2 --batches 1 2
 
-Each cell is `python -m echoreel_core.train --estimate-memory`'s figure (train_memory.py): the
+Each cell is `python -m echoreel_core.train --estimate-memory`'s figure (training/memory.py): the
 preset config's precision (bf16, base weights in bf16) and clip size, validation on, for one
 process and for DDP (gradient buckets). Nothing is loaded or allocated; a cell takes about as long
 as a few real steps on a CPU (tens of seconds at full size), so the whole table takes a while.
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from echoreel_core.pipelines.memory import GiB  # noqa: E402
 from echoreel_core.models.presets import PRESETS  # noqa: E402
 from echoreel_core.common.threads import add_threads_argument, configure_threads  # noqa: E402
-from echoreel_core.train_config import load_config  # noqa: E402
-from echoreel_core.train_memory import HEADROOM, estimate_training_memory  # noqa: E402
+from echoreel_core.training.config import load_config  # noqa: E402
+from echoreel_core.training.memory import HEADROOM, estimate_training_memory  # noqa: E402
 
 CONFIGS = {"lvdm": ["lvdm-short-t2v"], "videocrafter2": ["videocrafter2-t2v-512"],
            "videocrafter1_t2v": ["videocrafter1-t2v-512", "videocrafter1-t2v-1024"],

@@ -38,7 +38,7 @@ from echoreel_core.models.video_model import VideoModel  # noqa: E402
 from echoreel_core.models.presets import tiny_preset  # noqa: E402
 from echoreel_core.common.threads import add_threads_argument, configure_threads  # noqa: E402
 from echoreel_core.train import Trainer  # noqa: E402
-from echoreel_core.train_config import load_config  # noqa: E402
+from echoreel_core.training.config import load_config  # noqa: E402
 from echoreel_core.video_io import write_video  # noqa: E402
 
 CONFIGS = {

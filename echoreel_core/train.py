@@ -90,9 +90,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .loading.checkpoints import DTYPES, CheckpointError, load_video_model
-from .data import (CacheKeys, Clip, DatasetError, Entry, PairDataset, Sample, Skip, StreamSampler, TensorCache,
+from .training.data import (CacheKeys, Clip, DatasetError, Entry, PairDataset, Sample, Skip, StreamSampler, TensorCache,
                    VideoSpec, collate, fingerprint, load_entries)
-from .distributed import (DistInfo, PeerFailedError, gather_objects, init_distributed, is_distributed, is_lost_peer,
+from .training.distributed import (DistInfo, PeerFailedError, gather_objects, init_distributed, is_distributed, is_lost_peer,
                           main_works_alone, sample_seed, seed_globals, together)
 from .echoreel.features import Reference, action_features, encode_reference
 from .echoreel.weights import EchoReel, EchoReelConfig, load_echoreel, save_echoreel
@@ -102,14 +102,14 @@ from .models import unet_lvdm, unet_videocrafter
 from .models.video_model import VideoModel
 from .pipelines.generate import EchoReelGuidance, SamplingSettings, image_to_video, text_to_video
 from .common.threads import add_threads_argument, configure_threads
-from .train_agreement import AgreementError, agree, claim_output_folder, file_sha256, run_fields
-from .train_config import ConfigError, key_help, load_config, preset_configs
-from .train_memory import check_training_fits, memory_report, presets_to_estimate
-from .train_optim import build_adamw
-from .train_state import (TrainStateError, load_checkpoint, remove_stale_temporaries, resolve_checkpoint,
+from .training.agreement import AgreementError, agree, claim_output_folder, file_sha256, run_fields
+from .training.config import ConfigError, key_help, load_config, preset_configs
+from .training.memory import check_training_fits, memory_report, presets_to_estimate
+from .training.optim import build_adamw
+from .training.state import (TrainStateError, load_checkpoint, remove_stale_temporaries, resolve_checkpoint,
                           rng_state, save_checkpoint, set_rng_state)
 from .video_io import VideoReadError, frames_to_model_input, read_video_frames, stack_side_by_side, write_video
-from . import train_state
+from .training import state as train_state
 
 log = logging.getLogger("echoreel_core.train")
 DEAD_PARAMETERS = ("latent_to_S.", ".video_inject_attn3.", ".video_inject_norm6.")  # official, never computed

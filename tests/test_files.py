@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from echoreel_core.loading.checkpoints import save_video_model
 from echoreel_core.echoreel.weights import EchoReel, EchoReelConfig, save_echoreel
 from echoreel_core.common.files import WriteError, atomic_write, temporaries
-from echoreel_core.train_state import LATEST, save_checkpoint
+from echoreel_core.training.state import LATEST, save_checkpoint
 from echoreel_core.video_io import write_video
 from tiny import tiny_model
 from write_failures import file_size_limit, make_read_only

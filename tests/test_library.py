@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from echoreel_core.loading.checkpoints import load_video_model
-from echoreel_core.data import load_entries
+from echoreel_core.training.data import load_entries
 from echoreel_core.library import (
     IndexMismatchError, LibraryError, Searcher, TextEmbedder, load_index, update_index,
 )

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from echoreel_core.data import VideoSpec, load_entries, read_clip
+from echoreel_core.training.data import VideoSpec, load_entries, read_clip
 from echoreel_core.toy import metrics, world
 from echoreel_core.toy.metrics import (
     Track, detection_rate, grid, grid_image, leaked, motion_cosine,

@@ -24,15 +24,15 @@ import torch
 from safetensors.torch import load_file
 
 from echoreel_core.loading.checkpoints import save_video_model
-from echoreel_core.data import DatasetError, PairDataset, StreamSampler, VideoSpec, load_entries
+from echoreel_core.training.data import DatasetError, PairDataset, StreamSampler, VideoSpec, load_entries
 from echoreel_core.echoreel.features import Reference, prism_tokens
 from echoreel_core.echoreel.weights import load_echoreel, save_echoreel
 from echoreel_core.common.files import WriteError, temporaries
 from echoreel_core.models.video_model import VideoModel
 from echoreel_core.models.presets import tiny_preset
 from echoreel_core.train import Trainer, main, train
-from echoreel_core.train_config import ConfigError, key_help, load_config, preset_configs
-from echoreel_core.train_state import LATEST, SLOW_SAVE_ENV, load_checkpoint, resolve_checkpoint
+from echoreel_core.training.config import ConfigError, key_help, load_config, preset_configs
+from echoreel_core.training.state import LATEST, SLOW_SAVE_ENV, load_checkpoint, resolve_checkpoint
 from echoreel_core.video_io import probe_video, write_video
 from write_failures import file_size_limit
 

@@ -23,9 +23,9 @@ from test_train import ROOT, free_port, overrides, subprocess_env, world  # noqa
 
 from echoreel_core.common.files import temporaries
 from echoreel_core.train import Trainer
-from echoreel_core.train_agreement import MARKER
-from echoreel_core.train_config import load_config
-from echoreel_core.train_state import load_checkpoint, resolve_checkpoint
+from echoreel_core.training.agreement import MARKER
+from echoreel_core.training.config import load_config
+from echoreel_core.training.state import load_checkpoint, resolve_checkpoint
 
 
 class Node:

@@ -52,7 +52,7 @@ from typing import Callable
 import torch
 
 from ..loading.checkpoints import load_video_model
-from ..data import load_entries
+from ..training.data import load_entries
 from ..echoreel.features import Reference, action_features, encode_reference
 from ..echoreel.weights import EchoReel, load_echoreel
 from ..library import LEXICAL_WEIGHT, Searcher, TextEmbedder, update_index

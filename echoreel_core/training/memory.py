@@ -37,14 +37,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 
-from .loading.checkpoints import DTYPES, FORMAT as VIDEO_MODEL_FORMAT, CheckpointError, read_state_dict
+from ..loading.checkpoints import DTYPES, FORMAT as VIDEO_MODEL_FORMAT, CheckpointError, read_state_dict
 from .data import Clip, Sample
-from .loading.detect import detect_preset
-from .echoreel.integration import position_code
-from .pipelines.memory import GiB, InsufficientMemoryError, StorageCounter, estimate_sampling_memory
-from .models.video_model import VideoModel
-from .models.presets import PRESETS, ModelPreset
-from .train_config import ConfigError
+from ..loading.detect import detect_preset
+from ..echoreel.integration import position_code
+from ..pipelines.memory import GiB, InsufficientMemoryError, StorageCounter, estimate_sampling_memory
+from ..models.video_model import VideoModel
+from ..models.presets import PRESETS, ModelPreset
+from .config import ConfigError
 
 # CUDA autocast runs these in fp32 (aten's autocast_mode.cpp: the fp32 and fp32_set_opt_dtype
 # lists); CPU autocast leaves them in the input's dtype. Only ops the models here call on large
@@ -151,7 +151,7 @@ def estimate_training_memory(cfg: DictConfig, preset: ModelPreset, world_size: i
 
 
 def _count_training_step(cfg: DictConfig, preset: ModelPreset, world_size: int, device_type: str) -> TrainMemoryEstimate:
-    from .train import Trainer, build_echoreel  # train.py imports this module for its start-up check
+    from ..train import Trainer, build_echoreel  # train.py imports this module for its start-up check
 
     height, width = clip_size(cfg, preset)
     f = 2 ** (len(preset.vae.ch_mult) - 1)

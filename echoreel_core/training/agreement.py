@@ -33,9 +33,9 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from .distributed import DistInfo, gather_objects
-from .common.files import WriteError, atomic_write, make_folder
-from .train_config import PATH_KEYS
-from .train_state import RESUME_WORDS
+from ..common.files import WriteError, atomic_write, make_folder
+from .config import PATH_KEYS
+from .state import RESUME_WORDS
 
 MARKER = ".echoreel_run"
 

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .common.files import atomic_write, make_folder, temporaries
+from ..common.files import atomic_write, make_folder, temporaries
 
 LATEST = "latest"
 RESUME_WORDS = (LATEST, "auto")  # the train.resume values that are not checkpoint paths

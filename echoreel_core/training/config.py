@@ -19,10 +19,10 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .loading.checkpoints import DTYPES
-from .train_state import RESUME_WORDS
+from ..loading.checkpoints import DTYPES
+from .state import RESUME_WORDS
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRECISIONS = ("fp32", "bf16", "fp16")
 # the keys that name files or folders (train.resume too, unless it is `latest` or `auto`)
 PATH_KEYS = ("model.checkpoint", "data.json", "data.cache_dir", "echoreel.init", "train.output_dir", "validation.json")

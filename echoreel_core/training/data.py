@@ -42,8 +42,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .common.files import atomic_write, make_folder
-from .video_io import VideoReadError, frames_to_model_input, read_video_frames
+from ..common.files import atomic_write, make_folder
+from ..video_io import VideoReadError, frames_to_model_input, read_video_frames
 
 log = logging.getLogger(__name__)
 
