@@ -37,7 +37,7 @@ from echoreel_core.models.autoencoder import AutoencoderConfig  # noqa: E402
 from echoreel_core.models.video_model import VideoModel  # noqa: E402
 from echoreel_core.models.presets import tiny_preset  # noqa: E402
 from echoreel_core.common.threads import add_threads_argument, configure_threads  # noqa: E402
-from echoreel_core.train import Trainer  # noqa: E402
+from echoreel_core.training.loop import Trainer  # noqa: E402
 from echoreel_core.training.config import load_config  # noqa: E402
 from echoreel_core.video_io import write_video  # noqa: E402
 
@@ -109,9 +109,9 @@ def saved_activation_bytes(trainer: Trainer, samples) -> int:
         total += tensor.numel() * tensor.element_size()
         return tensor
 
-    batch = trainer.prepare(samples)
+    batch = trainer.batches.prepare(samples)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = trainer._forward(batch)
+        loss = trainer.forward(batch)
     loss.backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     return total

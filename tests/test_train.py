@@ -30,8 +30,9 @@ from echoreel_core.echoreel.weights import load_echoreel, save_echoreel
 from echoreel_core.common.files import WriteError, temporaries
 from echoreel_core.models.video_model import VideoModel
 from echoreel_core.models.presets import tiny_preset
-from echoreel_core.train import Trainer, main, train
+from echoreel_core.train import main
 from echoreel_core.training.config import ConfigError, key_help, load_config, preset_configs
+from echoreel_core.training.loop import Trainer, train
 from echoreel_core.training.state import LATEST, SLOW_SAVE_ENV, load_checkpoint, resolve_checkpoint
 from echoreel_core.video_io import probe_video, write_video
 from write_failures import file_size_limit
@@ -157,8 +158,8 @@ def test_official_json_both_spellings_relative_paths_and_stream_sharding(world, 
 def test_posterior_is_the_official_sample_and_batched_prism_is_per_sample(world, tmp_path):
     trainer = Trainer(load_config(None, overrides(world, tmp_path)))
     sample = trainer.dataset[0]
-    mean, logvar = trainer._moments(sample.target)
-    ours = trainer._posterior_sample(mean, logvar, torch.Generator().manual_seed(5))
+    mean, logvar = trainer.batches.moments(sample.target)
+    ours = trainer.batches.posterior_sample(mean, logvar, torch.Generator().manual_seed(5))
     official = trainer.model.vae.encode_video(sample.target.pixels[None], generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(ours, official[0], rtol=0, atol=1e-6)
     # the training forward's batched Prism call = prism_tokens per sample, each with its own reference
@@ -176,7 +177,7 @@ def test_posterior_is_the_official_sample_and_batched_prism_is_per_sample(world,
 
 def test_training_timesteps_are_drawn_from_the_configured_range(world, tmp_path):
     trainer = Trainer(load_config(None, overrides(world, tmp_path, "train.timesteps=[700,710]")))
-    drawn = torch.cat([trainer.prepare([trainer.dataset[p] for p in range(4)])["timesteps"] for _ in range(3)])
+    drawn = torch.cat([trainer.batches.prepare([trainer.dataset[p] for p in range(4)])["timesteps"] for _ in range(3)])
     assert int(drawn.min()) >= 700 and int(drawn.max()) < 710
 
 
@@ -328,7 +329,7 @@ def test_i2v_trains_on_the_target_first_frame_and_validates(tmp_path):
                                             "train.gradient_checkpointing=false", "validation.every=1",
                                             "validation.steps=1", "validation.num_samples=1", *CLIPS, *TINY_ECHOREEL])
     trainer = Trainer(cfg, model=model)
-    batch = trainer.prepare([trainer.dataset[0]])
+    batch = trainer.batches.prepare([trainer.dataset[0]])
     assert batch["context"].shape == (1, 77 + 4, 64) and batch["fps"].tolist() == [8]  # text + image tokens
     result = trainer.fit()
     assert result.step == 1 and (tmp_path / "out" / "validation" / "step_00000001_0.mp4").is_file()

@@ -17,8 +17,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from echoreel_core.pipelines.memory import GiB, InsufficientMemoryError
 from echoreel_core.models.presets import tiny_preset
-from echoreel_core.train import Trainer, main
+from echoreel_core.train import main
 from echoreel_core.training.config import load_config
+from echoreel_core.training.loop import Trainer
 from echoreel_core.training.memory import check_training_fits, cuda_autocast_policy, estimate_training_memory
 from echoreel_core.training.state import load_checkpoint, resolve_checkpoint
 

@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 from test_train import ROOT, free_port, overrides, subprocess_env, world  # noqa: F401 - world is a fixture
 
 from echoreel_core.common.files import temporaries
-from echoreel_core.train import Trainer
 from echoreel_core.training.agreement import MARKER
 from echoreel_core.training.config import load_config
+from echoreel_core.training.loop import Trainer
 from echoreel_core.training.state import load_checkpoint, resolve_checkpoint
 
 

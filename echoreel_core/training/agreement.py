@@ -32,10 +32,10 @@ from pathlib import Path
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from .distributed import DistInfo, gather_objects
 from ..common.files import WriteError, atomic_write, make_folder
 from .config import PATH_KEYS
-from .state import RESUME_WORDS
+from .distributed import DistInfo, gather_objects
+from .state import CHECKPOINTS, RESUME_WORDS, TrainStateError, load_checkpoint, resolve_checkpoint
 
 MARKER = ".echoreel_run"
 
@@ -50,6 +50,36 @@ class Field:
 
     value: object
     shown: str
+
+
+def agree_on_start(cfg: DictConfig, info: DistInfo) -> dict:
+    """Every rank reads the checkpoint it would resume from, then all ranks compare what they are
+    about to train in one all-gather; returns this rank's resume ({"state", "path", ...}, or {})."""
+    several = info.world_size > 1
+    out = Path(cfg.train.output_dir)
+    shared = claim_output_folder(out, info) if several else True
+    resumed = read_resume(cfg, out / CHECKPOINTS, several) if shared else {}  # a folder of its own: nothing to trust
+    if several:
+        agree(run_fields(cfg, info, shared, resumed))
+    if resumed.get("error"):
+        raise TrainStateError(resumed["error"])  # the same on every rank, or agree() had stopped them
+    return resumed
+
+
+def read_resume(cfg: DictConfig, folder: Path, several: bool) -> dict:
+    """The checkpoint train.resume names, loaded on the CPU, its step, position and (with several
+    ranks, to compare) the sha256 of its bytes; a failure is returned for the agreement."""
+    if not cfg.train.resume:
+        return {}
+    try:
+        path = resolve_checkpoint(cfg.train.resume, folder)
+        if path is None:
+            return {}
+        state = load_checkpoint(path)
+        digest = file_sha256(path) if several else None
+    except (TrainStateError, OSError) as error:
+        return {"error": str(error)}
+    return {"path": path, "state": state, "step": state["step"], "position": state["position"], "sha256": digest}
 
 
 def claim_output_folder(out: Path, info: DistInfo) -> bool:

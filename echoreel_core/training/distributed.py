@@ -4,9 +4,10 @@ together, seeding.
 One module because these answer one question: how a run stays the same whatever the number of
 processes, and stops as one. `init_distributed` joins the group that torchrun sets up
 (WORLD_SIZE, RANK, LOCAL_RANK; nccl on CUDA, gloo on CPU) with a timeout and picks each rank's
-device; `gather_objects` collects a value from every rank. A sample's randomness comes from
-`sample_seed(seed, position)`, its place in the global sample stream, so it does not depend on
-which rank draws it; `seed_globals` seeds the global RNGs (Python, NumPy, torch) for anything else.
+device, and `wrap_ddp` puts DDP around the trained module; `gather_objects` collects a value from
+every rank. A sample's randomness comes from `sample_seed(seed, position)`, its place in the global
+sample stream, so it does not depend on which rank draws it; `seed_globals` seeds the global RNGs
+(Python, NumPy, torch) for anything else.
 
 Stopping together: a process that fails alone would leave the others waiting in their next
 collective. `together()` makes a failure of any rank in a block (a model file missing on one
@@ -83,6 +84,15 @@ def init_distributed(device: str = "auto", timeout_s: float | None = None) -> Di
         timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
     return DistInfo(rank, world, local, dev)
+
+
+def wrap_ddp(module: torch.nn.Module, info: DistInfo) -> torch.nn.parallel.DistributedDataParallel | None:
+    """DistributedDataParallel around the trained module when there are several processes, else None.
+    The gradients live in DDP's all-reduce buckets instead of beside them: one copy less."""
+    if info.world_size == 1:
+        return None
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, gradient_as_bucket_view=True)
 
 
 def is_distributed() -> bool:

@@ -1,10 +1,10 @@
 """How much memory a training run needs per GPU, counted before anything is allocated.
 
-The figure is not a formula. The trainer's own code (`Trainer.prepare`, its forward, backward,
-gradient clipping and AdamW step: `Trainer.update`) runs once on fake tensors (PyTorch's
+The figure is not a formula. The trainer's own code (`Batches.prepare`, the forward, backward,
+gradient clipping and AdamW step: `Learner.update`) runs once on fake tensors (PyTorch's
 FakeTensorMode: meta storage, no data, no compute) with the configured model, sizes, batch,
 precision and checkpointing, and every storage that exists during the step is counted while it is
-alive (memory.StorageCounter): the frozen base model, the EchoReel weights, AdamW's states, the
+alive (pipelines/memory.py's StorageCounter): the frozen base model, the EchoReel weights, AdamW's states, the
 gradients, the saved activations and every temporary, at the worst moment. The optimizer states
 exist from the start (a first step has created them), so the counted step is any later one.
 
@@ -24,12 +24,16 @@ What a GPU run differs in, and how it is modelled:
 
 At a small size on the CPU the estimate is within a few percent of what the CPU allocator reports
 for a real step (tests/test_train_memory.py measures it with the profiler's allocator events).
+`check_memory` is the trainer's start-up check: a run whose estimate exceeds the device's free
+memory is refused with the settings that would fit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +41,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 
-from ..loading.checkpoints import DTYPES, FORMAT as VIDEO_MODEL_FORMAT, CheckpointError, read_state_dict
-from .data import Clip, Sample
-from ..loading.detect import detect_preset
 from ..echoreel.integration import position_code
-from ..pipelines.memory import GiB, InsufficientMemoryError, StorageCounter, estimate_sampling_memory
-from ..models.video_model import VideoModel
+from ..echoreel.weights import EchoReel
+from ..loading.checkpoints import DTYPES, FORMAT as VIDEO_MODEL_FORMAT, CheckpointError, read_state_dict
+from ..loading.detect import detect_preset
 from ..models.presets import PRESETS, ModelPreset
+from ..models.video_model import VideoModel
+from ..pipelines.memory import GiB, InsufficientMemoryError, StorageCounter, available_bytes, estimate_sampling_memory
+from .batches import Batches
 from .config import ConfigError
+from .data import Clip, Sample
+from .distributed import DistInfo
+from .learner import Learner, build_echoreel
+
+log = logging.getLogger("echoreel_core.train")
 
 # CUDA autocast runs these in fp32 (aten's autocast_mode.cpp: the fp32 and fp32_set_opt_dtype
 # lists); CPU autocast leaves them in the input's dtype. Only ops the models here call on large
@@ -151,8 +161,6 @@ def estimate_training_memory(cfg: DictConfig, preset: ModelPreset, world_size: i
 
 
 def _count_training_step(cfg: DictConfig, preset: ModelPreset, world_size: int, device_type: str) -> TrainMemoryEstimate:
-    from ..train import Trainer, build_echoreel  # train.py imports this module for its start-up check
-
     height, width = clip_size(cfg, preset)
     f = 2 ** (len(preset.vae.ch_mult) - 1)
     estimate_cfg = copy.deepcopy(cfg)
@@ -168,7 +176,11 @@ def _count_training_step(cfg: DictConfig, preset: ModelPreset, world_size: int, 
         echoreel = echoreel.to_empty(device="cpu")
     model.requires_grad_(False).eval()
     offload = bool(cfg.optim.offload)
-    shell = Trainer.shell(cfg, model, echoreel, torch.device("cpu"), foreach=device_type == "cuda")
+    cpu = torch.device("cpu")
+    shell = Learner(cfg, model, echoreel, Batches(cfg, model, cpu), cpu, foreach=device_type == "cuda")
+    # no GradScaler: a real one reads a value back, which fake tensors have not (unscaling works in
+    # place and costs no memory)
+    shell.scaler = torch.amp.GradScaler(cpu.type, enabled=False)
     if offload:  # the update happens in host memory: nothing of it is on the GPU
         shell.optimizer = _HostSideUpdate(shell.params)
         shell.scheduler = torch.optim.lr_scheduler.LambdaLR(shell.optimizer, lambda step: 1.0)
@@ -369,6 +381,30 @@ def settings_that_fit(cfg: DictConfig, preset: ModelPreset, limit: int, world_si
         if estimate.total - resident <= limit:
             return candidate, estimate
     return None
+
+
+def check_memory(cfg: DictConfig, model: VideoModel, echoreel: EchoReel, info: DistInfo) -> None:
+    """At start: refuse a run whose estimated per-GPU peak exceeds what the device has, before
+    training allocates anything. An estimate that cannot run is logged and skipped, never a reason
+    to refuse a run that may fit."""
+    device = info.device
+    limit = available_bytes(device) if cfg.train.check_memory else None
+    if limit is None:
+        return
+    resident = sum(t.untyped_storage().nbytes() for module in (model, echoreel)
+                   for t in [*module.parameters(), *module.buffers()])
+    # CPU processes of one node share its memory (the GPU ones have a device each)
+    share = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    try:
+        estimate = check_training_fits(cfg, model.preset, info.world_size, device, limit // share, resident)
+    except InsufficientMemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - an estimate that cannot run must not stop a run that may fit
+        log.warning("the memory estimate failed (%s: %s); memory not checked", type(error).__name__, error)
+        return
+    if info.is_main:
+        log.info("memory: about %.2f GiB per process at the peak (see --estimate-memory); %.1f GiB free",
+                 estimate.total / GiB, limit / GiB)
 
 
 def check_training_fits(cfg: DictConfig, preset: ModelPreset, world_size: int, device: torch.device, limit: int,
