@@ -1,5 +1,7 @@
 """Reference retrieval: a folder of captioned videos, indexed by caption, searched by prompt.
 
+May import: common, video_io (cli.py, an entry point: any part).
+
 One job per module:
 - sources.py: the clips of a library folder and their captions (JSON, CSV, the official training
   JSON, sidecar .txt files), and the problems found.

@@ -1,8 +1,7 @@
 """Motion as an asset: action features saved to a file and loaded for the weights that made them,
 and Motion Match, how closely one video's motion follows another's.
 
-May import: common, models, loading, sampling, echoreel, video_io; cli.py, an entry point, also toy
-(its default model files).
+May import: common, models, loading, sampling, echoreel, video_io (cli.py, an entry point: any part).
 
 - file.py: the motion file (safetensors: cond/uncond features and metadata), save, read, load
   with the check that the EchoReel weights are the ones that made it.

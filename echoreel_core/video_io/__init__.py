@@ -1,5 +1,7 @@
 """Reading reference videos and writing generated ones.
 
+May import: common.
+
 One job per module:
 - read.py: `read_video_frames` and `probe_video`, the frame selection (by index, the official
   default, or by time), resizing; its docstring says what the reader guarantees.
