@@ -1,5 +1,8 @@
 """What every node of the pack repeats: its schema's shared fields, the custom types that travel
-between the nodes, and the inputs several nodes take with the same meaning and tooltip.
+between the nodes, and the inputs several nodes take with the same meaning and tooltip: the model,
+VAE and EchoReel weights, the prompts, a seed, DDIM's eta, the video's and the reference's size, and
+a model file from the pack's model folders (listed, and checked before a run). The nodes' progress
+bars and previews are runtime.Progress.
 
 Node ids, input ids and output ids are saved in workflows: never rename one (the wave-1 V1
 workflows still load because they did not change).
@@ -10,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 
 from comfy_api.latest import io
+
+from . import runtime
 
 # custom types: objects of this pack, never seen by ComfyUI's own nodes
 EchoReelType = io.Custom("ECHOREEL")
@@ -52,3 +57,48 @@ def vae_input(tooltip: str) -> io.Input:
 def seed_input(default: int, tooltip: str, control: bool = False) -> io.Input:
     return io.Int.Input("seed", default=default, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=control,
                         tooltip=tooltip)
+
+
+def prompt_inputs() -> list[io.Input]:
+    """positive and negative, in that order (saved workflows keep it)."""
+    return [
+        io.Conditioning.Input("positive", tooltip="The prompt, from CLIP Text Encode."),
+        io.Conditioning.Input("negative", tooltip="The negative prompt, from CLIP Text Encode (an empty text is the "
+                                                  "official unconditional prompt)."),
+    ]
+
+
+def eta_input() -> io.Input:
+    return io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05,
+                          tooltip="DDIM eta (1.0 as official; 0 is deterministic DDIM).")
+
+
+def video_size_inputs() -> list[io.Input]:
+    """width and height of the video to generate, in pixels."""
+    return [
+        io.Int.Input("width", default=512, min=16, max=4096, step=16,
+                     tooltip="Video width in pixels (512 for VideoCrafter 512 models, 256 for LVDM, 64 for the toy)."),
+        io.Int.Input("height", default=320, min=16, max=4096, step=16,
+                     tooltip="Video height in pixels (320 for VideoCrafter 512 models, 256 for LVDM, 64 for the toy)."),
+    ]
+
+
+def reference_size_inputs() -> list[io.Input]:
+    """width and height the reference frames are fitted to: the EchoReel weights' reference size."""
+    return [
+        io.Int.Input("width", default=256, min=8, max=8192, step=8,
+                     tooltip="Output width: the EchoReel model's reference size (256 for LVDM, 512 for VideoCrafter, "
+                             "64 for the toy)."),
+        io.Int.Input("height", default=256, min=8, max=8192, step=8,
+                     tooltip="Output height: the EchoReel model's reference size (256 for LVDM, 320 for VideoCrafter, "
+                             "64 for the toy)."),
+    ]
+
+
+def model_file_input(name: str, kind: str, note: str = "") -> io.Input:
+    """A file of the model folders of `kind` (runtime.MODEL_FOLDERS); the node's validate_inputs
+    checks the value with runtime.validate_model_file before a run."""
+    first, *more = runtime.MODEL_FOLDERS[kind]
+    where = f"models/{first}" + "".join(f" (or models/{folder})" for folder in more)
+    return io.Combo.Input(name, options=runtime.model_files(kind), tooltip=f"A file in {where}.{note}")
+

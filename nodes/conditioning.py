@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 from ..echoreel_core.pipelines.generate import prepare_image
 from . import runtime
-from .common import schema
+from .common import prompt_inputs, schema, video_size_inputs
 from .model import video_base_model
 
 
@@ -56,13 +56,6 @@ def conditioning_pair_outputs() -> list[io.Output]:
     ]
 
 
-def conditioning_pair_inputs() -> list[io.Input]:
-    return [
-        io.Conditioning.Input("positive", tooltip="The prompt, from CLIP Text Encode."),
-        io.Conditioning.Input("negative", tooltip="The negative (or empty) prompt, from CLIP Text Encode."),
-    ]
-
-
 class VideoFps(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -70,7 +63,7 @@ class VideoFps(io.ComfyNode):
             "EchoReel_VideoFps", "VideoCrafter fps", "EchoReel/conditioning",
             "Sets the fps conditioning of VideoCrafter2, I2V and VideoCrafter1-1024 models (how fast the motion "
             "is; ignored by the others). Without it the model's trained default is used (28, I2V 8).",
-            inputs=conditioning_pair_inputs() + [
+            inputs=prompt_inputs() + [
                 io.Int.Input("fps", default=28, min=1, max=120, tooltip="Frames per second the model is told to make."),
             ],
             outputs=conditioning_pair_outputs(),
@@ -92,10 +85,9 @@ class ImageConditioning(io.ComfyNode):
             "mid-grey image into the negative one.",
             inputs=[
                 io.Model.Input("model", tooltip="An image-to-video model from Load VideoCrafter Checkpoint."),
-                *conditioning_pair_inputs(),
+                *prompt_inputs(),
                 io.Image.Input("image", tooltip="The first frame of the video to generate."),
-                io.Int.Input("width", default=512, min=16, max=4096, step=16, tooltip="The video's width in pixels."),
-                io.Int.Input("height", default=320, min=16, max=4096, step=16, tooltip="The video's height in pixels."),
+                *video_size_inputs(),
             ],
             outputs=conditioning_pair_outputs(),
             aliases=["image to video", "i2v", "first frame"],

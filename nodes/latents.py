@@ -15,7 +15,7 @@ from comfy_api.latest import InputImpl, Types, io
 from einops import rearrange
 
 from . import runtime
-from .common import schema, vae_input
+from .common import schema, vae_input, video_size_inputs
 
 
 def as_video(frames: torch.Tensor, fps: float):
@@ -43,10 +43,7 @@ class EmptyVideoLatent(io.ComfyNode):
             "with a VideoCrafter or LVDM model.",
             inputs=[
                 vae_input("The checkpoint's VAE: sets the latent's downscale."),
-                io.Int.Input("width", default=512, min=16, max=4096, step=16,
-                             tooltip="Video width in pixels (512 for VideoCrafter 512 models, 256 for LVDM, 64 for the toy)."),
-                io.Int.Input("height", default=320, min=16, max=4096, step=16,
-                             tooltip="Video height in pixels (320 for VideoCrafter 512 models, 256 for LVDM, 64 for the toy)."),
+                *video_size_inputs(),
                 io.Int.Input("frames", default=16, min=1, max=256, tooltip="Frames (the models were trained on 16)."),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Videos sampled at once."),
             ],

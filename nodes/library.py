@@ -8,7 +8,6 @@ import os
 import warnings
 from pathlib import Path
 
-import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io, ui
@@ -17,7 +16,7 @@ from ..echoreel_core.library import INDEX_FILE, Index, LibraryError, Searcher, T
 from ..echoreel_core.library.sources import caption_files
 from ..echoreel_core.video_io import read_video_frames
 from . import runtime
-from .common import check_option, schema, seed_input
+from .common import check_option, reference_size_inputs, schema, seed_input
 from .conditioning import encode_prompt
 from .video import RESIZE_MODES
 
@@ -101,16 +100,9 @@ def text_encoder_tools(clip):
 def library_index(folder: str, embedder: TextEmbedder) -> Index:
     """The folder's index, brought up to date (new or changed files only) and saved when the folder
     is writable; an index from another text encoder is refused, naming both."""
-    bar = None
-
-    def progress(done: int, total: int, skipped: int) -> None:
-        nonlocal bar
-        runtime.check_interrupted()
-        if bar is None:
-            bar = comfy.utils.ProgressBar(total)
-        bar.update_absolute(done, total)
-
-    index, report = update_index(folder, embedder, progress=progress, save=os.access(folder, os.W_OK))
+    bar = runtime.Progress()
+    index, report = update_index(folder, embedder, progress=lambda done, total, skipped: bar.update(done, total=total),
+                                 save=os.access(folder, os.W_OK))
     if report.probed or report.embedded or report.removed:
         logging.info("Find Reference Video: %s: %s", folder, report.summary())
     for kind, count in sorted(report.counts().items()):
@@ -141,10 +133,7 @@ class FindReferenceVideo(io.ComfyNode):
                 seed_input(0, "Orders clips of equal score (e.g. the same caption): another seed picks another of them."),
                 io.Int.Input("frames", default=16, min=1, max=4096, tooltip="Frames to take from each clip (16 as official)."),
                 io.Int.Input("stride", default=4, min=1, max=1000, tooltip="Take every n-th frame (4 as official)."),
-                io.Int.Input("width", default=256, min=8, max=8192, step=8,
-                             tooltip="Output width: the EchoReel model's reference size (256 for LVDM, 512 for VideoCrafter, 64 for the toy)."),
-                io.Int.Input("height", default=256, min=8, max=8192, step=8,
-                             tooltip="Output height: the EchoReel model's reference size (256 for LVDM, 320 for VideoCrafter, 64 for the toy)."),
+                *reference_size_inputs(),
                 io.Combo.Input("resize", options=RESIZE_MODES, default=RESIZE_MODES[0],
                                tooltip="squash: stretch to the size, as the official loader; crop: keep the aspect ratio and crop the centre."),
                 io.String.Input("caption_filter", default="", optional=True,

@@ -15,7 +15,7 @@ from ..echoreel_core.models.autoencoder import AutoencoderKL
 from ..echoreel_core.models.tokenizer import CLIPTokenizer
 from . import runtime
 from .clip import native_clip
-from .common import EchoReelType, check_option, schema
+from .common import EchoReelType, check_option, model_file_input, schema
 from .model import native_model
 from .types import TextEncoderModel
 
@@ -63,8 +63,7 @@ class LoadVideoCrafterCheckpoint(io.ComfyNode):
             "native MODEL (KSampler and every ComfyUI sampler run it), CLIP (CLIPTextEncode) and VAE. "
             "The model is recognised from the weights, not the file name.",
             inputs=[
-                io.Combo.Input("ckpt_name", options=runtime.model_files("videocrafter"),
-                               tooltip="A file in models/videocrafter (or models/checkpoints)."),
+                model_file_input("ckpt_name", "videocrafter"),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Storage dtype of the UNet's weights; auto lets ComfyUI choose for your device "
                                        "(fp32 on CPU). fp8 halves fp16's memory and computes in your device's "
@@ -107,7 +106,7 @@ class LoadEchoReel(io.ComfyNode):
             "EchoReel_LoadEchoReel", "Load EchoReel", "EchoReel/loaders",
             "Loads EchoReel weights (Action Prism + integration layers): our .safetensors, or the official "
             "checkpoint.pt read safely.",
-            inputs=[io.Combo.Input("echoreel_name", options=runtime.model_files("echoreel"), tooltip="A file in models/echoreel.")],
+            inputs=[model_file_input("echoreel_name", "echoreel")],
             outputs=[EchoReelType.Output("echoreel", display_name="echoreel",
                                             tooltip="EchoReel weights for one base model family and size.")],
             aliases=["action prism weights"],

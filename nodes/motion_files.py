@@ -15,7 +15,7 @@ from comfy_api.latest import io, ui
 from ..echoreel_core.common.files import make_folder
 from ..echoreel_core.motion import check_weights, describe, file_sha256, frames_sha256, read_motion, save_motion
 from . import runtime
-from .common import ActionFeaturesType, echoreel_input, schema
+from .common import ActionFeaturesType, echoreel_input, model_file_input, schema
 
 FOLDER = "echoreel_motion"
 PROMPT_NOTE = ("The features depend on the prompt and negative prompt they were encoded with, not only on the "
@@ -102,8 +102,7 @@ class LoadMotion(io.ComfyNode):
             "reference video is not needed again. Refused with EchoReel weights other than those that made it (another "
             "family or other Action Prism weights), naming both. " + PROMPT_NOTE + " The node's text shows them.",
             inputs=[
-                io.Combo.Input("motion_name", options=runtime.model_files(FOLDER),
-                               tooltip="A motion file in models/echoreel_motion (Save Motion writes there)."),
+                model_file_input("motion_name", FOLDER, " Save Motion writes there."),
                 echoreel_input(),
             ],
             outputs=[ActionFeaturesType.Output("action_features", display_name="action_features",

@@ -175,20 +175,27 @@ def check_interrupted() -> None:
 
 
 class Progress:
-    """A ComfyUI progress bar with latent previews of the first frame; each update is a cancel point."""
+    """The progress bar of a node that loops by itself (the long-video sampler's steps, the library
+    index's files), with a preview of the first frame when latents are given; each update is a
+    cancel point. Samplers that run inside ComfyUI's sampling use its own callback instead
+    (latent_preview.prepare_callback). `total` may come with the first update when it is not known
+    before."""
 
-    def __init__(self, total: int):
-        self.bar = comfy.utils.ProgressBar(total)
-        self.total = total
-        self.previewer = _previewer()
+    def __init__(self, total: int | None = None):
+        self.total, self.bar, self.previewer = total, None, None
 
-    def update(self, step: int, x0: torch.Tensor | None = None) -> None:
+    def update(self, done: int, x0: torch.Tensor | None = None, total: int | None = None) -> None:
         check_interrupted()
+        if self.bar is None:
+            self.total = self.total if total is None else total
+            self.bar = comfy.utils.ProgressBar(self.total)
         preview = None
-        if self.previewer is not None and x0 is not None:
-            frame = x0[:1, :, 0].float()  # (1, 4, h, w): the first frame of the first sample
-            preview = self.previewer.decode_latent_to_preview_image("JPEG", frame)
-        self.bar.update_absolute(step, self.total, preview)
+        if x0 is not None:
+            self.previewer = self.previewer or _previewer()
+            if self.previewer is not None:
+                frame = x0[:1, :, 0].float()  # (1, 4, h, w): the first frame of the first sample
+                preview = self.previewer.decode_latent_to_preview_image("JPEG", frame)
+        self.bar.update_absolute(done, self.total, preview)
 
 
 def _previewer():

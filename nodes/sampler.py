@@ -19,7 +19,7 @@ from ..echoreel_core.pipelines.long_video import generate_long_latents
 from ..echoreel_core.pipelines.generate import EchoReelGuidance, SamplingSettings, check_request, size_multiple
 from ..echoreel_core.sampling.schedule import NoiseSchedule
 from . import runtime
-from .common import model_input, schema, seed_input, vae_input
+from .common import eta_input, model_input, prompt_inputs, schema, seed_input, vae_input, video_size_inputs
 from .conditioning import image_tokens, with_values
 from .echoreel_nodes import text_context
 from .latents import as_video, decode_video
@@ -32,13 +32,9 @@ def sampler_inputs(frames_min: int, frames_tooltip: str) -> list[io.Input]:
     """The inputs both samplers take, in the order saved in workflows."""
     return [
         model_input(),
-        io.Conditioning.Input("positive", tooltip="The prompt, from CLIP Text Encode."),
-        io.Conditioning.Input("negative", tooltip="The negative prompt (empty text = the official unconditional prompt)."),
+        *prompt_inputs(),
         vae_input("The checkpoint's VAE, to decode the frames."),
-        io.Int.Input("width", default=512, min=16, max=4096, step=16,
-                     tooltip="Video width in pixels (512 for VideoCrafter 512 models, 256 for LVDM)."),
-        io.Int.Input("height", default=320, min=16, max=4096, step=16,
-                     tooltip="Video height in pixels (320 for VideoCrafter 512 models, 256 for LVDM)."),
+        *video_size_inputs(),
         io.Int.Input("frames", default=16, min=frames_min, max=256, tooltip=frames_tooltip),
         io.Int.Input("fps", default=28, min=1, max=120,
                      tooltip="The fps conditioning of VideoCrafter2, I2V and 1024 models (ignored by the others), "
@@ -46,8 +42,7 @@ def sampler_inputs(frames_min: int, frames_tooltip: str) -> list[io.Input]:
         io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps (50 as official)."),
         io.Float.Input("cfg", default=12.0, min=1.0, max=100.0, step=0.5,
                        tooltip="Classifier-free guidance scale (12 as official; 1 runs only the prompt branch)."),
-        io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05,
-                       tooltip="DDIM eta (1.0 as official; 0 is deterministic DDIM)."),
+        eta_input(),
         seed_input(123, "The noise seed (drawn on the CPU: the same video on every device).", control=True),
     ]
 
@@ -129,8 +124,7 @@ class OfficialDDIMSampler(io.ComfyNode):
             "The official VideoCrafter/LVDM DDIM as a SAMPLER for SamplerCustom / SamplerCustomAdvanced: with the "
             "ddim_uniform scheduler it reproduces the official sampler (its start from pure noise, its last step, "
             "one seeded noise stream).",
-            inputs=[io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05,
-                                   tooltip="DDIM eta (1.0 as official; 0 is deterministic DDIM).")],
+            inputs=[eta_input()],
             outputs=[io.Sampler.Output(tooltip="For SamplerCustom / SamplerCustomAdvanced.")],
             aliases=["ddim", "official sampler"],
         )

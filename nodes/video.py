@@ -13,7 +13,7 @@ from comfy_api.latest import InputImpl, io
 from ..echoreel_core.common.files import WriteError, make_folder
 from ..echoreel_core.video_io import VIDEO_EXTENSIONS, read_reference, select_reference, write_video
 from . import runtime
-from .common import check_option, schema
+from .common import check_option, reference_size_inputs, schema
 
 RESIZE_MODES = ["squash (official)", "crop"]  # Find Reference Video's too
 # this node's resize: letterbox comes last, so a saved workflow's value keeps its meaning; one input
@@ -60,10 +60,7 @@ class LoadReferenceVideo(io.ComfyNode):
                                      "which chooses it."),
                 io.Int.Input("start", default=0, min=0, max=10**7,
                              tooltip="The first frame to take; for window \"most motion\", the first start searched."),
-                io.Int.Input("width", default=256, min=8, max=8192, step=8,
-                             tooltip="Output width: the EchoReel model's reference size (256 for LVDM, 512 for VideoCrafter)."),
-                io.Int.Input("height", default=256, min=8, max=8192, step=8,
-                             tooltip="Output height: the EchoReel model's reference size (256 for LVDM, 320 for VideoCrafter)."),
+                *reference_size_inputs(),
                 io.Combo.Input("resize", options=FIT_MODES, default=FIT_MODES[0],
                                tooltip="How the frame fits the size. squash: stretch to it, as the official loader; "
                                        "crop: keep the aspect ratio, fill the size and cut the centre out; letterbox: "
