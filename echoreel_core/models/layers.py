@@ -238,3 +238,43 @@ class Upsample(nn.Module):
         else:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
         return self.conv(x)
+
+
+def unet_body(cfg, block, resblock, attention, downsample, upsample) -> tuple[list, nn.Module, list, int]:
+    """The official layout both UNets share after their first input block.
+
+    Per level of `cfg.channel_mult`: `num_res_blocks` blocks of a ResBlock, followed by
+    `attention(ch)`'s layers where the downscale is in `attention_resolutions`, and a Downsample
+    block between levels; the middle block (ResBlock, attention, ResBlock); then the output blocks
+    mirroring them on the skip connections, an Upsample ending every level but the last. `block`
+    makes a block of layers, `resblock(cin, cout)`, `downsample(ch)` and `upsample(ch)` the layers.
+    Returns (the input blocks after the first, the middle block, the output blocks, their width),
+    each made in the official order (the order of the state dict's keys)."""
+    mc = cfg.model_channels
+    inputs, skip_channels = [], [mc]
+    ch, ds = mc, 1
+    for level, mult in enumerate(cfg.channel_mult):
+        for _ in range(cfg.num_res_blocks):
+            layers = [resblock(ch, mult * mc)]
+            ch = mult * mc
+            if ds in cfg.attention_resolutions:
+                layers += attention(ch)
+            inputs.append(block(layers))
+            skip_channels.append(ch)
+        if level != len(cfg.channel_mult) - 1:
+            inputs.append(block([downsample(ch)]))
+            skip_channels.append(ch)
+            ds *= 2
+    middle = block([resblock(ch, ch), *attention(ch), resblock(ch, ch)])
+    outputs = []
+    for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+        for i in range(cfg.num_res_blocks + 1):
+            layers = [resblock(ch + skip_channels.pop(), mult * mc)]
+            ch = mult * mc
+            if ds in cfg.attention_resolutions:
+                layers += attention(ch)
+            if level and i == cfg.num_res_blocks:
+                layers.append(upsample(ch))
+                ds //= 2
+            outputs.append(block(layers))
+    return inputs, middle, outputs, ch

@@ -18,7 +18,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionFn
-from .layers import Attention, Downsample, FeedForward, ResBlock, Upsample, conv, timestep_embedding
+from .layers import Attention, Downsample, FeedForward, ResBlock, Upsample, conv, timestep_embedding, unet_body
 from .ops import CoreModel, Factory, compute_dtype, zero_
 
 
@@ -146,34 +146,11 @@ class LVDMUNet(CoreModel):
 
         self.time_embed = nn.Sequential(f.linear(mc, emb_dim), nn.SiLU(), f.linear(emb_dim, emb_dim))
         self.input_blocks = nn.ModuleList([Block([conv(3, cfg.in_channels, mc, factory=f)])])
-        skip_channels = [mc]
-        ch, ds = mc, 1
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers = [resblock(ch, mult * mc)]
-                ch = mult * mc
-                if ds in cfg.attention_resolutions:
-                    layers.append(transformer(ch))
-                self.input_blocks.append(Block(layers))
-                skip_channels.append(ch)
-            if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(Block([Downsample(ch, dims=3, factory=f)]))
-                skip_channels.append(ch)
-                ds *= 2
-
-        self.middle_block = Block([resblock(ch, ch), transformer(ch), resblock(ch, ch)])
-
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [resblock(ch + skip_channels.pop(), mult * mc)]
-                ch = mult * mc
-                if ds in cfg.attention_resolutions:
-                    layers.append(transformer(ch))
-                if level and i == cfg.num_res_blocks:
-                    layers.append(Upsample(ch, dims=3, factory=f))
-                    ds //= 2
-                self.output_blocks.append(Block(layers))
+        inputs, self.middle_block, outputs, ch = unet_body(
+            cfg, Block, resblock, lambda ch: [transformer(ch)],
+            lambda ch: Downsample(ch, dims=3, factory=f), lambda ch: Upsample(ch, dims=3, factory=f))
+        self.input_blocks.extend(inputs)
+        self.output_blocks = nn.ModuleList(outputs)
 
         self.out = nn.Sequential(f.group_norm(groups, ch, float32=True), nn.SiLU(),
                                  conv(3, mc, cfg.out_channels, factory=f))

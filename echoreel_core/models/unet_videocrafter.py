@@ -18,7 +18,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionFn
-from .layers import Attention, Downsample, FeedForward, ResBlock, Upsample, timestep_embedding
+from .layers import Attention, Downsample, FeedForward, ResBlock, Upsample, timestep_embedding, unet_body
 from .ops import CoreModel, Factory, compute_dtype, zero_
 
 
@@ -196,34 +196,10 @@ class VideoCrafterUNet(CoreModel):
             [TemporalTransformer(mc, cfg.init_attn_heads, cfg.init_attn_head_channels, groups, rel, linear=False,
                                  factory=f)]
         )
-        skip_channels = [mc]
-        ch, ds = mc, 1
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers = [resblock(ch, mult * mc)]
-                ch = mult * mc
-                if ds in cfg.attention_resolutions:
-                    layers += attention_layers(ch)
-                self.input_blocks.append(Block(layers))
-                skip_channels.append(ch)
-            if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(Block([Downsample(ch, factory=f)]))
-                skip_channels.append(ch)
-                ds *= 2
-
-        self.middle_block = Block([resblock(ch, ch), *attention_layers(ch), resblock(ch, ch)])
-
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [resblock(ch + skip_channels.pop(), mult * mc)]
-                ch = mult * mc
-                if ds in cfg.attention_resolutions:
-                    layers += attention_layers(ch)
-                if level and i == cfg.num_res_blocks:
-                    layers.append(Upsample(ch, factory=f))
-                    ds //= 2
-                self.output_blocks.append(Block(layers))
+        inputs, self.middle_block, outputs, ch = unet_body(
+            cfg, Block, resblock, attention_layers, lambda ch: Downsample(ch, factory=f), lambda ch: Upsample(ch, factory=f))
+        self.input_blocks.extend(inputs)
+        self.output_blocks = nn.ModuleList(outputs)
 
         self.out = nn.Sequential(f.group_norm(groups, ch, float32=True), nn.SiLU(),
                                  f.conv(2, mc, cfg.out_channels, 3, padding=1))
