@@ -9,6 +9,7 @@ so that the test can stop exactly the processes it started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -32,7 +33,7 @@ class Node:
     """One torchrun agent (a 'node') and its log."""
 
     def __init__(self, name: str, log: pathlib.Path, port: int, args: list[str], cwd: pathlib.Path = ROOT):
-        self.name, self.log = name, log
+        self.name, self.log, self.workers = name, log, {}
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                    "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "echoreel-test",
                    "--monitor-interval", "0.5", "-m", "echoreel_core.train", *args]
@@ -47,7 +48,9 @@ class Node:
         """The pid of the training process this agent runs now."""
         children = pathlib.Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         for pid in children:
-            if b"echoreel_core.train" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes():
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"echoreel_core.train" in cmdline:
+                self.workers[int(pid)] = cmdline
                 return int(pid)
         raise AssertionError(f"{self.name}: no training worker among {children}\n{self.text()[-2000:]}")
 
@@ -55,10 +58,15 @@ class Node:
         return "INFO [rank 0]" in self.text()
 
     def end(self) -> None:
-        """Kill what this test started: the agent's session (agent and workers)."""
+        """Kill what this test started: the agent's session, and the workers it handed out (torchrun
+        starts each in a session of its own; a SIGSTOPped one outlives its agent, stopped)."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        for pid, cmdline in self.workers.items():
+            with contextlib.suppress(OSError):  # gone already (no /proc entry, or no such process)
+                if pathlib.Path(f"/proc/{pid}/cmdline").read_bytes() == cmdline:  # still that worker
+                    os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
