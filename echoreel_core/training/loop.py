@@ -135,7 +135,7 @@ class Trainer(Learner):
         with together("preparing the output folder"):
             if self.dist.is_main:
                 prepare_output_folder(cfg, self.out)
-            self.log = TrainLog(self.out, self.step, self.dist.is_main)
+            self.train_log = TrainLog(self.out, self.step, self.dist.is_main)
 
     def _read_entries(self, cfg: DictConfig) -> list[Skip]:
         entries, skips = load_entries(cfg.data.json)
@@ -198,7 +198,7 @@ class Trainer(Learner):
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    self.log.row(self.step, metrics, len(self.batches.skipped))
+                    self.train_log.row(self.step, metrics, len(self.batches.skipped))
                 if self.step % cfg.save_every == 0:
                     save(self)
                     saved_at = self.step
@@ -223,7 +223,7 @@ class Trainer(Learner):
             detail = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
             log.info("done at step %d; skipped %d of %d entries%s", self.step, len(skipped), self.total_entries,
                      f" ({detail})" if detail else "")
-        self.log.close()
+        self.train_log.close()
         if is_distributed():
             dist.barrier()
         return TrainResult(self.step, self.last_loss, skipped, self.total_entries)
