@@ -11,16 +11,19 @@ import copy
 import hashlib
 import io
 import json
+import math
 import urllib.parse
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageSequence
 
 from comfyui_env import LVDM_ECHOREEL_FILE
 from comfyui_server import API_EXAMPLES, EXAMPLES, PACK_DIR, api_copy, load, messages, serve, ui_examples
 
-from echoreel_core.toy.models import SHIPPED_DIR
+from echoreel_core.toy import metrics
+from echoreel_core.toy.models import SHIPPED_DIR, TOY_FIRST_FRAME_FILE
 
 UI_EXAMPLES = ui_examples()
 # the toy workflows run at their own size (64x64, 16 frames) with fewer steps, and an fps of their
@@ -302,3 +305,17 @@ def test_prompt_only_workflow_finds_a_clip_of_the_prompts_action(server):
     (shown,) = entry["outputs"][find]["text"]
     assert shown.startswith("1. videos/orbit_cw_") and "score" in shown and shown.endswith("orbiting clockwise"), shown
     assert server.video(entry, by_title(prompt, "Save Video")).frames.shape == (16, 64, 64, 3)
+
+
+def test_image_to_video_example_starts_from_its_first_frame(server):
+    """The image-to-video example on the shipped toy I2V model: the video shows the first frame's
+    object (a red circle) where the image has it, and it moves (the reference's orbit)."""
+    prompt = example("EchoReel image to video")
+    entry = server.run(quick(prompt, EchoReel_VideoCrafterSampler={"steps": 10, "seed": 11}))
+    frames = torch.from_numpy(server.video(entry, by_title(prompt, "Save Video")).frames)  # (16, 64, 64, 3) uint8
+    image = np.array(Image.open(SHIPPED_DIR / TOY_FIRST_FRAME_FILE).convert("RGB"))
+    start = metrics.track(torch.from_numpy(image)[None])[0]
+    track = metrics.track(frames)
+    assert metrics.detection_rate(track) >= 0.9 and metrics.video_object(track)[0] == "red"
+    assert math.dist((track[0].x, track[0].y), (start.x, start.y)) < 4  # pixels
+    assert max(math.dist((d.x, d.y), (start.x, start.y)) for d in track if d) > 8  # it moved away

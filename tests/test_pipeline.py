@@ -141,6 +141,22 @@ def test_demo_writes_the_toy_side_by_side_and_reports_the_motions(tmp_path):
     assert info.frame_count == 16 and (info.width, info.height) == (3 * 64 + 2 * 2, 64)  # three videos, two gaps
 
 
+def test_demo_runs_the_image_to_video_toy_from_its_first_frame(tmp_path):
+    out = tmp_path / "demo_i2v.mp4"
+    result = subprocess.run(
+        [sys.executable, "-m", "echoreel_core.demo", "--i2v", "--output", str(out), "--steps", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "image-to-video toy model" in result.stdout and "toy_first_frame.png" in result.stdout
+    assert len(re.findall(r"motion cosine with the reference [-+][\d.]+, .*, frame 0's object [\d.]+ px from the "
+                          r"image's$", result.stdout, re.M)) == 2
+    assert probe_video(out).frame_count == 16
+    refused = subprocess.run([sys.executable, "-m", "echoreel_core.demo", "--image", "first.png"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--image is the first frame of the image-to-video toy: add --i2v" in refused.stderr
+
+
 @pytest.mark.parametrize("output, message", [
     ("demo.webm", r"--output \S*demo\.webm: the suffix must be one of \.mp4, \.gif, got '\.webm'"),
     ("a_file/demo.mp4", r"--output \S*a_file/demo\.mp4: cannot write there: \S*a_file is a file, not a folder"),

@@ -51,6 +51,42 @@ def test_shipped_files_hold_the_toy_architecture(toy):
     assert metrics.detection_rate(track) == 1.0 and metrics.video_object(track) == ("blue", "square")
 
 
+@pytest.fixture(scope="module")
+def toy_i2v():
+    return load_video_model(shipped(TOY_I2V_MODEL_FILE)), load_echoreel(shipped(TOY_I2V_ECHOREEL_FILE))
+
+
+def test_shipped_image_to_video_files_hold_the_i2v_architecture(toy, toy_i2v):
+    """The I2V toy shares the text-to-video toy's VAE and text encoder (trained from it, those
+    frozen); its first frame is a red circle where the demo reference's object starts."""
+    (model, _), (i2v, echoreel) = toy, toy_i2v
+    assert i2v.preset == replace(TOY_I2V_PRESET, vae=model.preset.vae)
+    echoreel.check_fits(i2v.preset, i2v.unet)
+    assert echoreel.config == load_echoreel(shipped(TOY_ECHOREEL_FILE)).config  # grown from the T2V toy's
+    for part in ("vae", "text_encoder"):
+        ours, theirs = getattr(i2v, part).state_dict(), getattr(model, part).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), part
+    files = (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE, TOY_I2V_MODEL_FILE, TOY_I2V_ECHOREEL_FILE,
+             TOY_FIRST_FRAME_FILE)
+    assert sum((SHIPPED_DIR / name).stat().st_size for name in files) < 32 * 2**20
+    first = metrics.track(read_video_frames(shipped(TOY_FIRST_FRAME_FILE), num_frames=1)[0])[0]
+    reference = metrics.track(read_video_frames(shipped(TOY_REFERENCE_FILE), num_frames=1)[0])[0]
+    assert (first.colour, first.shape) == ("red", "circle")
+    assert abs(first.x - reference.x) < 1 and abs(first.y - reference.y) < 1
+
+
+def test_reduced_image_to_video_evaluation_keeps_the_first_frame(toy_i2v, tmp_path):
+    """The I2V toy on one pair of each original held-out action, each started from its target's
+    first frame, 10 steps: EchoReel transfers the motion, frame 0 keeps the image's object where
+    the image has it, and no colour comes from the reference."""
+    model, echoreel = toy_i2v
+    report = evaluate(model, echoreel, write_dataset(tmp_path / "data", "eval", 3, seed=0), EvalSettings(steps=10))
+    without, with_echoreel = report["overall"]["without"], report["overall"]["with_echoreel"]
+    assert with_echoreel["motion_fidelity"] - without["motion_fidelity"] > 0.25
+    assert with_echoreel["detection_rate"] >= 0.9 and with_echoreel["colour_leakage"] == 0
+    assert with_echoreel["start_offset"] < 5  # pixels
+
+
 def test_missing_shipped_file_says_how_to_rebuild():
     with pytest.raises(FileNotFoundError, match="python -m echoreel_core.toy.retrain"):
         shipped("videocrafter/nothing.safetensors")
