@@ -165,7 +165,7 @@ def without_and_with(model: VideoModel, echoreel: EchoReel, prompt: str, referen
     """The prompt sampled twice with the same seed and steps, without and with EchoReel fed the
     reference latents (1, c, t, h, w): two (t, H, W, 3) videos. The texts are encoded once.
     progress(run, steps done) is called after every step of each run ("without"/"with EchoReel").
-    `image` (H, W, 3) in [0, 1]: an image-to-video model's first frame (as `pipeline.image_to_video`:
+    `image` (H, W, 3) in [0, 1]: an image-to-video model's first frame (as `pipelines.generate.image_to_video`:
     the UNet gets its image tokens, the negative branch a mid-grey image's; the Prism the texts).
     `window`: EchoReel's (start, end) percents of the schedule."""
     context, negative = model.encode_text([prompt]), model.encode_text([""])

@@ -89,7 +89,7 @@ Pairs (`pair_motion`)
 
 Datasets (`write_dataset`; `python -m echoreel_core.toy.world OUT_DIR`)
     prism / eval: the official training JSON (a list of {input_text, gt_video_path, inject_text,
-    inject_video_path}, paths relative to the JSON, readable by `echoreel_core.data`) plus extra
+    inject_video_path}, paths relative to the JSON, readable by `echoreel_core.training.data`) plus extra
     keys the trainer ignores: "action", and "target_clip" / "reference_clip" (the ClipSpec fields,
     which re-render the clip exactly and give the expected colour and shape for evaluation).
     base: a list of {"caption", "video_path", "action", "clip"}, for text-to-video training.
