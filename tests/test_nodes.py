@@ -232,20 +232,24 @@ def test_file_names_stay_inside_comfyui_folders(nodes, tmp_path, monkeypatch):
 
 
 def test_the_example_video_is_copied_whole_or_not_at_all(nodes, tmp_path, monkeypatch, caplog):
-    """The node copies the shipped toy reference into the input folder; a copy that cannot be
-    written is a warning (the node list still loads), never half a video that would then stay."""
+    """The node copies the shipped toy reference (and the image-to-video toy's first frame) into
+    the input folder; a copy that cannot be written is a warning (the node list still loads), never
+    half a file that would then stay."""
     import folder_paths
 
-    from comfyui_echoreel_pack.echoreel_core.toy.models import SHIPPED_DIR, TOY_REFERENCE_FILE
+    from comfyui_echoreel_pack.echoreel_core.toy.models import SHIPPED_DIR, TOY_FIRST_FRAME_FILE, TOY_REFERENCE_FILE
 
     monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path))
-    name = pathlib.Path(TOY_REFERENCE_FILE).name
+    name, first = pathlib.Path(TOY_REFERENCE_FILE).name, pathlib.Path(TOY_FIRST_FRAME_FILE).name
+    assert (SHIPPED_DIR / TOY_FIRST_FRAME_FILE).stat().st_size < 1024 < (SHIPPED_DIR / TOY_REFERENCE_FILE).stat().st_size
     video = nodes["EchoReel_LoadReferenceVideo"]
-    with file_size_limit(1024):
+    with file_size_limit(1024):  # the video does not fit, the first frame does
         assert video_options(video) == []
-    assert f"cannot write {tmp_path / name}: File too large" in caplog.text and not any(tmp_path.iterdir())
+    assert f"cannot write {tmp_path / name}: File too large" in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == [first]
     assert video_options(video) == [name]
-    assert (tmp_path / name).read_bytes() == (SHIPPED_DIR / TOY_REFERENCE_FILE).read_bytes()
+    for shipped in (TOY_REFERENCE_FILE, TOY_FIRST_FRAME_FILE):
+        assert (tmp_path / pathlib.Path(shipped).name).read_bytes() == (SHIPPED_DIR / shipped).read_bytes()
 
 
 def test_long_video_sampler_chains_clips(nodes):

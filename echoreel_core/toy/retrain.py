@@ -128,32 +128,29 @@ def main(argv: list[str] | None = None) -> int:
     detail_schedule = dataclasses.replace(pretrain.DETAIL_SCHEDULE, steps=args.detail_steps)
     stage("base_detail", detail_file, lambda: save_video_model(pretrain.train_base(
         pretrain.load_vae(vae_file), DETAIL_SEED, detail_schedule, init=load_video_model(motion_file)), detail_file))
-    echoreel_file = work / "echoreel" / "echoreel.safetensors"
 
-    def train_echoreel() -> None:
-        code = train_main(["--config", "toy", *threads, f"model.checkpoint={detail_file}", f"data.json={prism_json}",
-                           f"train.output_dir={work / 'echoreel'}", "train.resume=auto"]
-                          + ([f"train.max_steps={args.echoreel_steps}"] if args.echoreel_steps else []))
-        if code:
-            raise SystemExit(f"EchoReel training failed (exit {code})")
-        finished(echoreel_file).touch()
+    def echoreel_stage(name: str, config: str, model_file: Path, steps: int | None, init: Path | None = None) -> Path:
+        """EchoReel layers over `model_file` by the project's trainer, in WORK/name; returns the export."""
+        export = work / name / "echoreel.safetensors"
 
-    stage("echoreel", finished(echoreel_file), train_echoreel)
-    i2v_file, echoreel_i2v_file = work / "i2v.safetensors", work / "echoreel_i2v" / "echoreel.safetensors"
+        def run() -> None:
+            code = train_main(["--config", config, *threads, f"model.checkpoint={model_file}", f"data.json={prism_json}",
+                               f"train.output_dir={export.parent}", "train.resume=auto"]
+                              + ([f"echoreel.init={init}"] if init else [])
+                              + ([f"train.max_steps={steps}"] if steps else []))
+            if code:
+                raise SystemExit(f"{name}: EchoReel training failed (exit {code})")
+            finished(export).touch()
+
+        stage(name, finished(export), run)
+        return export
+
+    echoreel_file = echoreel_stage("echoreel", "toy", detail_file, args.echoreel_steps)
+    i2v_file = work / "i2v.safetensors"
     i2v_schedule = dataclasses.replace(pretrain.I2V_SCHEDULE, steps=args.i2v_steps)
     stage("i2v", i2v_file, lambda: save_video_model(
         pretrain.train_i2v(load_video_model(detail_file), schedule=i2v_schedule), i2v_file))
-
-    def train_echoreel_i2v() -> None:
-        code = train_main(["--config", "toy_i2v", *threads, f"model.checkpoint={i2v_file}",
-                           f"echoreel.init={echoreel_file}", f"data.json={prism_json}",
-                           f"train.output_dir={work / 'echoreel_i2v'}", "train.resume=auto"]
-                          + ([f"train.max_steps={args.echoreel_i2v_steps}"] if args.echoreel_i2v_steps else []))
-        if code:
-            raise SystemExit(f"EchoReel training for the image-to-video toy failed (exit {code})")
-        finished(echoreel_i2v_file).touch()
-
-    stage("echoreel_i2v", finished(echoreel_i2v_file), train_echoreel_i2v)
+    echoreel_i2v_file = echoreel_stage("echoreel_i2v", "toy_i2v", i2v_file, args.echoreel_i2v_steps, init=echoreel_file)
     shipped_files = (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE, TOY_I2V_MODEL_FILE, TOY_I2V_ECHOREEL_FILE,
                      TOY_FIRST_FRAME_FILE)
     for name in shipped_files:
