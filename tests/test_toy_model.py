@@ -96,7 +96,7 @@ def test_reduced_evaluation_shows_echoreel_transferring_motion(toy, tmp_path):
     """One pair of each original held-out action (orbiting clockwise, zigzagging, shrinking: the
     eval set's first three pairs; the new motions come after them), 10 steps:
     EchoReel must beat the base alone on motion fidelity by a clear margin (measured: 0.09
-    without, 0.62 with, path fidelity 0.03 and 0.50; on 60 pairs at 25 steps -0.06 and 0.49, README)."""
+    without, 0.62 with, path fidelity 0.03 and 0.50; on the 70 pairs at 25 steps -0.017 and 0.574, README)."""
     model, echoreel = toy
     data = write_dataset(tmp_path / "data", "eval", 3, seed=0)
     report = evaluate(model, echoreel, data, EvalSettings(steps=10), out_dir=tmp_path / "eval", grids=1)
