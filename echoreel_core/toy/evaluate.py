@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import logging
 import sys
 import tempfile
@@ -153,7 +154,7 @@ def _outcome(frames: torch.Tensor, reference_track: metrics.Track, world: World,
     seen = metrics.video_object(track) or (None, None)
     offset = None
     if start is not None and track[0] is not None:
-        offset = float(torch.tensor([track[0].x - start.x, track[0].y - start.y]).norm())
+        offset = math.dist((track[0].x, track[0].y), (start.x, start.y))
     return Outcome(metrics.motion_cosine(track, reference_track), metrics.motion_cosine(track, reference_track, 0.0),
                    metrics.detection_rate(track), *seen, start_offset=offset)
 
