@@ -210,3 +210,53 @@ def test_retrain_runs_every_stage_end_to_end(tmp_path, monkeypatch):
     assert [p.stat().st_mtime_ns for p in stages] == written
     assert all((elsewhere / name).is_file() for name in (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE,
                                                          TOY_I2V_MODEL_FILE, TOY_I2V_ECHOREEL_FILE, TOY_FIRST_FRAME_FILE))
+
+
+def test_a_cut_short_pretrain_stage_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """A stage with a state file writes it every STATE_EVERY steps; run again with that file (here
+    holding step 2 of 4), it continues from there and ends with the very weights of the uncut run:
+    the parameters, their average, AdamW's moments and every random stream (clips, captions,
+    noise) are restored. A state of another schedule is refused, naming the file."""
+    monkeypatch.setattr(pretrain, "STATE_EVERY", 2)
+    vae_schedule = replace(pretrain.VAE_SCHEDULE, steps=4, warmup=2)
+    vae_state = tmp_path / "vae.state.safetensors"
+    uncut = pretrain.train_vae(schedule=vae_schedule, state_path=vae_state)
+    with safe_open(str(vae_state), "pt") as f:
+        assert f.metadata()["step"] == "2"
+    resumed = pretrain.train_vae(schedule=vae_schedule, state_path=vae_state)
+    assert uncut.config == resumed.config  # the latent scale, measured after training, too
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in uncut.state_dict().items())
+    fresh = pretrain.train_vae(schedule=replace(vae_schedule, steps=2))
+    assert not torch.equal(fresh.state_dict()["decoder.conv_out.weight"], uncut.state_dict()["decoder.conv_out.weight"])
+
+    base_schedule = replace(pretrain.BASE_SCHEDULE, steps=4, warmup=2)
+    base_state = tmp_path / "base.state.safetensors"
+    uncut = pretrain.train_base(resumed, schedule=base_schedule, state_path=base_state)
+    again = pretrain.train_base(resumed, schedule=base_schedule, state_path=base_state)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in uncut.state_dict().items())
+    with pytest.raises(ValueError, match=re.escape(str(base_state)) + ".*schedule expected"):
+        pretrain.train_base(resumed, schedule=replace(base_schedule, steps=6), state_path=base_state)
+
+
+def test_the_fine_toy_preset_has_16x16_latents_and_follows_its_vae():
+    """TOY_FINE_PRESET (the trial toy over 16x16x4 latents): an f4 VAE, a UNet that keeps the
+    latent's shape, and the preset a stage builds is the one its VAE belongs to."""
+    from echoreel_core.echoreel.integration import integration_sites
+    from echoreel_core.models.video_model import VideoModel
+    from echoreel_core.toy.models import TOY_FINE_PRESET, TOY_PRESETS, preset_for_vae
+
+    torch.manual_seed(0)
+    model = VideoModel(TOY_FINE_PRESET).eval()
+    video = torch.rand(1, 3, 2, 64, 64) * 2 - 1  # (b, c, t, h, w)
+    with torch.no_grad():
+        latents = model.vae.encode_video(video, generator=torch.Generator().manual_seed(0))
+        assert latents.shape == (1, 4, 2, 16, 16) and model.vae.downscale_factor == 4
+        eps = model.unet(latents, torch.tensor([500]), torch.zeros(1, 77, 64), fps=torch.tensor([8]))
+    assert eps.shape == latents.shape and torch.isfinite(eps).all()
+    sites = integration_sites(model.unet)  # no attention at 16x16: EchoReel sits at 8x8 and 4x4, as in the shipped toy
+    assert len(sites) == len(integration_sites(VideoModel(TOY_PRESET).unet))
+    trained = replace(TOY_FINE_PRESET.vae, scale_factor=0.9)
+    assert preset_for_vae(trained) is TOY_FINE_PRESET and preset_for_vae(TOY_PRESET.vae) is TOY_PRESET
+    assert sorted(TOY_PRESETS) == [8, 16]
+    with pytest.raises(ValueError, match=r"no toy preset has a VAE of levels \(1, 2\)"):
+        preset_for_vae(replace(TOY_PRESET.vae, ch_mult=(1, 2)))

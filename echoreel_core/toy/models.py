@@ -8,6 +8,13 @@ why:
     UNet: 32 channels, levels (1, 2) = 8x8 and 4x4, one block per level, attention at both;
         16-wide heads, 8 norm groups (32 groups would leave one channel per group at this width).
     Text: width 64, 2 layers of 2 heads; its context is the UNet's 64-wide cross-attention input.
+`TOY_FINE_PRESET` is the same model over 16x16x4 latents, for trials (README, the toy model): a
+KL-f4 VAE (3 levels), and a UNet level at 16x16 in front of the two above, with temporal
+convolutions but no attention there (attention at 16x16 would more than double a step's cost;
+so EchoReel's sites stay at 8x8 and 4x4). Why finer latents: an object 12 to 17 pixels wide is
+two 8-pixel latent cells, and the base draws a moving object bigger and smaller as it crosses
+them (its area swings with a period of one cell), which the size part of the motion measure counts.
+`TOY_PRESETS` holds both by latent side; `preset_for_vae` picks the one whose VAE a file has.
 `TOY_I2V_PRESET` is VideoCrafter1's image-to-video architecture on the same UNet, VAE and text
 encoder: the UNet gets the decoupled image cross-attention, and an OpenCLIP-style vision tower
 (64x64 images in 8x8 patches, width 64, 2 layers) feeds a Resampler (2 layers, 16 queries of the
@@ -35,19 +42,34 @@ TOY_I2V_ECHOREEL_FILE = "echoreel/echoreel_videocrafter1_i2v_toy.safetensors"  #
 TOY_FIRST_FRAME_FILE = "input/toy_first_frame.png"  # a red circle where the demo reference's orbit starts
 
 
-def _toy_preset() -> ModelPreset:
+def _toy_preset(latent_side: int) -> ModelPreset:
+    """The toy over latent_side x latent_side latents of 64x64 frames (8: f8, 16: f4)."""
     vc2 = PRESETS["videocrafter2-t2v-512"]
+    levels = {8: ((1, 2), (1, 2), (1, 2, 2, 2)), 16: ((1, 2, 2), (2, 4), (1, 2, 2))}
+    channel_mult, attention, vae_mult = levels[latent_side]
     unet = dataclasses.replace(
-        vc2.unet, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
+        vc2.unet, model_channels=32, channel_mult=channel_mult, num_res_blocks=1, attention_resolutions=attention,
         head_channels=16, context_dim=64, init_attn_heads=2, init_attn_head_channels=16, norm_groups=8,
     )
-    vae = AutoencoderConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, groups=8)
+    vae = AutoencoderConfig(ch=32, ch_mult=vae_mult, num_res_blocks=1, groups=8)
     text = OpenCLIPTextConfig(width=64, heads=2, layers=2, embed_dim=64, skip_last_layers=0)
-    return dataclasses.replace(vc2, name="videocrafter2-t2v-toy", unet=unet, vae=vae, text=text,
+    name = "videocrafter2-t2v-toy" if latent_side == 8 else f"videocrafter2-t2v-toy-{latent_side}"
+    return dataclasses.replace(vc2, name=name, unet=unet, vae=vae, text=text,
                                height=64, width=64, frames=16, fps=8, cfg=7.5)
 
 
-TOY_PRESET = _toy_preset()
+TOY_PRESET = _toy_preset(8)
+TOY_FINE_PRESET = _toy_preset(16)
+TOY_PRESETS = {8: TOY_PRESET, 16: TOY_FINE_PRESET}  # by latent side
+
+
+def preset_for_vae(vae: AutoencoderConfig) -> ModelPreset:
+    """The toy preset whose VAE has `vae`'s levels (a trained VAE's config differs in its scale factor)."""
+    for preset in TOY_PRESETS.values():
+        if preset.vae.ch_mult == tuple(vae.ch_mult):
+            return preset
+    raise ValueError(f"no toy preset has a VAE of levels {tuple(vae.ch_mult)}; "
+                     f"known: {[p.vae.ch_mult for p in TOY_PRESETS.values()]}")
 
 
 def _toy_i2v_preset() -> ModelPreset:

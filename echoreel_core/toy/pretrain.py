@@ -49,7 +49,7 @@ from ..models.autoencoder import AutoencoderConfig, AutoencoderKL
 from ..models.video_model import VideoModel
 from ..models.presets import _from_dict
 from ..common.threads import add_threads_argument, configure_threads
-from .models import TOY_I2V_PRESET, TOY_PRESET
+from .models import TOY_I2V_PRESET, TOY_PRESETS, preset_for_vae
 from .world import DEFAULT_SPLIT, ClipSpec, Split, World, clip_caption, render, sample_clip
 
 log = logging.getLogger("echoreel.toy.pretrain")
@@ -68,9 +68,15 @@ class Schedule:
     timesteps: tuple[int, int] = (0, 1000)  # [first, last) diffusion timesteps drawn (the base stages)
 
 
+Randomness = random.Random | torch.Generator  # what a stage draws its data and noise from
+STATE_EVERY = 100  # steps between a resumable stage's saves (a base step takes 1-3 s on a CPU core)
+
+
 def fit(params: list[nn.Parameter], loss_fn: Callable[[int], torch.Tensor], schedule: Schedule,
-        name: str) -> list[torch.Tensor]:
-    """Minimise loss_fn(step) over `params`; returns the EMA of the parameters (same order)."""
+        name: str, state: FitState | None = None) -> list[torch.Tensor]:
+    """Minimise loss_fn(step) over `params`; returns the EMA of the parameters (same order).
+    With `state`, the run continues from its file when there is one and writes it every
+    `state.every` steps, so that a stage cut short goes on bit for bit as if it had not stopped."""
     optimizer = torch.optim.AdamW(params, lr=schedule.lr, betas=(0.9, 0.99), weight_decay=0.0)
 
     def lr_factor(step: int) -> float:
@@ -79,18 +85,19 @@ def fit(params: list[nn.Parameter], loss_fn: Callable[[int], torch.Tensor], sche
         progress = (step - schedule.warmup) / max(1, schedule.steps - schedule.warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine down to lr / 10
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     ema = [p.detach().clone() for p in params]
+    first = state.load(params, ema, optimizer, schedule, name) if state is not None else 0
     started, running, count = time.perf_counter(), 0.0, 0
-    for step in range(schedule.steps):
+    for step in range(first, schedule.steps):
         loss = loss_fn(step)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: the loss is {float(loss)} at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, schedule.grad_clip)
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr * lr_factor(step)
         optimizer.step()
-        scheduler.step()
         decay = min(schedule.ema, (1 + step) / (10 + step))  # a short warmup of the average too
         with torch.no_grad():
             for average, p in zip(ema, params):
@@ -99,9 +106,72 @@ def fit(params: list[nn.Parameter], loss_fn: Callable[[int], torch.Tensor], sche
         if (step + 1) % schedule.log_every == 0 or step + 1 == schedule.steps:
             seconds = time.perf_counter() - started
             log.info("%s step %d/%d loss %.5f (%.2f s/step)", name, step + 1, schedule.steps, running / count,
-                     seconds / (step + 1))
+                     seconds / (step + 1 - first))
             running, count = 0.0, 0
+        if state is not None and (step + 1) % state.every == 0 and step + 1 < schedule.steps:
+            state.save(step + 1, params, ema, optimizer, schedule, name)
     return ema
+
+
+@dataclasses.dataclass
+class FitState:
+    """A stage's resumable state in one safetensors file: the parameters, their EMA, AdamW's
+    moments, the step, and the state of every random stream the stage draws from (`randomness`,
+    in a fixed order, and torch's global one, which dropout uses), which together make the rest
+    of the run bit for bit what it would have been."""
+
+    path: Path
+    randomness: list[Randomness | ClipStream]
+    every: int = dataclasses.field(default_factory=lambda: STATE_EVERY)
+    FORMAT = "echoreel-toy-fit-state"
+
+    def save(self, step: int, params, ema, optimizer: torch.optim.Optimizer, schedule: Schedule, name: str) -> None:
+        tensors = {}
+        for i, (p, average) in enumerate(zip(params, ema)):
+            tensors |= {f"param.{i}": p.detach(), f"ema.{i}": average}
+            moments = optimizer.state.get(p, {})  # none for a parameter that never had a gradient
+            tensors |= {f"{k}.{i}": moments[k] for k in ("exp_avg", "exp_avg_sq") if k in moments}
+        tensors["torch_global"] = torch.get_rng_state()  # dropout (the temporal convolutions') draws from it
+        python = []
+        for k, source in enumerate(self.randomness):
+            if isinstance(source, torch.Generator):
+                tensors[f"generator.{k}"] = source.get_state()
+            else:
+                python.append(source.getstate())
+        metadata = {"format": self.FORMAT, "stage": name, "step": str(step), "schedule": json.dumps(dataclasses.asdict(schedule)),
+                    "params": str(len(params)), "python_random": json.dumps(python)}
+        tensors = {k: v.contiguous().clone() for k, v in tensors.items()}
+        atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+    def load(self, params, ema, optimizer: torch.optim.Optimizer, schedule: Schedule, name: str) -> int:
+        """Restore from the file if there is one; returns the step to continue from (0: none)."""
+        if not self.path.is_file():
+            return 0
+        tensors, metadata = read_state_dict(self.path)
+        expected = {"format": self.FORMAT, "stage": name, "schedule": json.dumps(dataclasses.asdict(schedule)),
+                    "params": str(len(params))}
+        wrong = {k: (v, metadata.get(k)) for k, v in expected.items() if metadata.get(k) != v}
+        if wrong:
+            raise ValueError(f"{self.path} is the state of another run: " + "; ".join(
+                f"{k} expected {v!r}, found {found!r}" for k, (v, found) in wrong.items())
+                + f". Delete it to start {name} afresh, or give the same stage and schedule")
+        step = int(metadata["step"])
+        with torch.no_grad():
+            for i, (p, average) in enumerate(zip(params, ema)):
+                p.copy_(tensors[f"param.{i}"])
+                average.copy_(tensors[f"ema.{i}"])
+                if f"exp_avg.{i}" in tensors:
+                    optimizer.state[p] = {"step": torch.tensor(float(step)), "exp_avg": tensors[f"exp_avg.{i}"].clone(),
+                                          "exp_avg_sq": tensors[f"exp_avg_sq.{i}"].clone()}
+        torch.set_rng_state(tensors["torch_global"])
+        python = iter(json.loads(metadata["python_random"]))
+        for k, source in enumerate(self.randomness):
+            if isinstance(source, torch.Generator):
+                source.set_state(tensors[f"generator.{k}"])
+            else:
+                _set_python_state(source, next(python))
+        log.info("%s: continues from step %d of %d (%s)", name, step, schedule.steps, self.path)
+        return step
 
 
 def _load_averages(params: list[nn.Parameter], averages: list[torch.Tensor]) -> None:
@@ -112,11 +182,34 @@ def _load_averages(params: list[nn.Parameter], averages: list[torch.Tensor]) -> 
 
 # ---- data ------------------------------------------------------------------------------------------
 
-def clip_stream(seed: int, actions: tuple[str, ...], world: World) -> Callable[[], ClipSpec]:
-    """An endless seeded stream of clips whose actions cycle through `actions`."""
-    rng = random.Random(f"echoreel-toy/pretrain/{seed}")
-    counter = iter(range(sys.maxsize))
-    return lambda: sample_clip(rng, actions[next(counter) % len(actions)], world)
+class ClipStream:
+    """An endless seeded stream of clips whose actions cycle through `actions`; its state (the
+    generator's and the count) can be saved and restored, for resumable stages (FitState)."""
+
+    def __init__(self, seed: int, actions: tuple[str, ...], world: World):
+        self.rng = random.Random(f"echoreel-toy/pretrain/{seed}")
+        self.actions, self.world, self.count = actions, world, 0
+
+    def __call__(self) -> ClipSpec:
+        action = self.actions[self.count % len(self.actions)]
+        self.count += 1
+        return sample_clip(self.rng, action, self.world)
+
+    def getstate(self):
+        return [self.count, self.rng.getstate()]
+
+    def setstate(self, state) -> None:
+        self.count = state[0]
+        _set_python_state(self.rng, state[1])
+
+
+def _set_python_state(source: random.Random | ClipStream, state) -> None:
+    """Restore a getstate() that went through JSON (its tuples came back as lists)."""
+    if isinstance(source, random.Random):
+        version, internal, gauss = state
+        source.setstate((version, tuple(internal), gauss))
+    else:
+        source.setstate(state)
 
 
 def to_model_range(frames: torch.Tensor) -> torch.Tensor:
@@ -149,10 +242,13 @@ def latent_scale(vae: AutoencoderKL, frames: torch.Tensor) -> float:
 
 
 def train_vae(seed: int = 0, schedule: Schedule = VAE_SCHEDULE, world: World = World(),
-              split: Split = DEFAULT_SPLIT) -> AutoencoderKL:
+              split: Split = DEFAULT_SPLIT, latent_side: int = 8, state_path: Path | None = None) -> AutoencoderKL:
+    """The VAE of the toy over latent_side x latent_side latents (models.TOY_PRESETS); with
+    `state_path`, resumable (FitState)."""
     torch.manual_seed(seed)
-    vae = AutoencoderKL(TOY_PRESET.vae)
-    next_clip = clip_stream(seed, split.prism, world)
+    config = TOY_PRESETS[latent_side].vae
+    vae = AutoencoderKL(config)
+    next_clip = ClipStream(seed, split.prism, world)
     frame_rng = random.Random(f"echoreel-toy/vae-frames/{seed}")
     generator = torch.Generator().manual_seed(seed)
 
@@ -161,10 +257,11 @@ def train_vae(seed: int = 0, schedule: Schedule = VAE_SCHEDULE, world: World = W
         return to_model_range(torch.stack(picked))  # (n, 3, H, W)
 
     params = list(vae.parameters())
-    averages = fit(params, lambda step: vae_loss(vae, frames(VAE_BATCH), generator), schedule, "vae")
+    state = FitState(Path(state_path), [next_clip, frame_rng, generator]) if state_path else None
+    averages = fit(params, lambda step: vae_loss(vae, frames(VAE_BATCH), generator), schedule, "vae", state)
     _load_averages(params, averages)
     scale = latent_scale(vae, frames(256))
-    trained = AutoencoderKL(dataclasses.replace(TOY_PRESET.vae, scale_factor=round(scale, 5)))
+    trained = AutoencoderKL(dataclasses.replace(config, scale_factor=round(scale, 5)))
     trained.load_state_dict(vae.state_dict())
     log.info("vae latent scale factor %.5f", scale)
     return trained.eval()
@@ -227,24 +324,28 @@ def base_actions(motions: str, split: Split) -> tuple[str, ...]:
 
 
 def train_base(vae: AutoencoderKL, seed: int = 0, schedule: Schedule = BASE_SCHEDULE, world: World = World(),
-               split: Split = DEFAULT_SPLIT, init: VideoModel | None = None, motions: str = "named") -> VideoModel:
-    """UNet + text encoder on the base actions, from scratch or from `init`, with the VAE frozen."""
+               split: Split = DEFAULT_SPLIT, init: VideoModel | None = None, motions: str = "named",
+               state_path: Path | None = None) -> VideoModel:
+    """UNet + text encoder on the base actions, from scratch or from `init`, with the VAE frozen; the
+    toy preset is the one of the VAE's latent size (models.preset_for_vae)."""
     torch.manual_seed(seed)
-    model = VideoModel(dataclasses.replace(TOY_PRESET, vae=vae.config))
+    model = VideoModel(dataclasses.replace(preset_for_vae(vae.config), vae=vae.config))
     if init is not None:
         model.load_state_dict(init.state_dict())
     model.vae.load_state_dict(vae.state_dict())
-    return _fit_diffusion(model, [model.unet, model.text_encoder], seed, schedule, world, split, "base", motions)
+    return _fit_diffusion(model, [model.unet, model.text_encoder], seed, schedule, world, split, "base", motions,
+                          state_path)
 
 
 def train_i2v(t2v: VideoModel, seed: int = 0, schedule: Schedule = I2V_SCHEDULE, world: World = World(),
-              split: Split = DEFAULT_SPLIT, motions: str = "named") -> VideoModel:
+              split: Split = DEFAULT_SPLIT, motions: str = "named", state_path: Path | None = None) -> VideoModel:
     """The image-to-video toy from the text-to-video one: its UNet, VAE and text encoder, plus the
     image cross-attention, vision tower and Resampler, trained on the base actions conditioned on
     each clip's first frame. `to_v_ip` starts at zero, so training starts from the text-to-video
     model exactly; the text encoder and the VAE stay frozen (the two toys share them)."""
     torch.manual_seed(seed)
-    model = VideoModel(dataclasses.replace(TOY_I2V_PRESET, vae=t2v.preset.vae))
+    unet = dataclasses.replace(t2v.preset.unet, image_cross_attention=True)  # either latent size
+    model = VideoModel(dataclasses.replace(TOY_I2V_PRESET, vae=t2v.preset.vae, unet=unet))
     missing, unexpected = model.load_state_dict(t2v.state_dict(), strict=False)
     new_parts = [k for k in missing if not k.startswith(("image_encoder.", "resampler.")) and "_ip." not in k]
     if unexpected or new_parts:
@@ -255,17 +356,17 @@ def train_i2v(t2v: VideoModel, seed: int = 0, schedule: Schedule = I2V_SCHEDULE,
             if "to_v_ip" in name:
                 p.zero_()
     return _fit_diffusion(model, [model.unet, model.image_encoder, model.resampler], seed, schedule, world, split,
-                          "i2v", motions)
+                          "i2v", motions, state_path)
 
 
 def _fit_diffusion(model: VideoModel, trained: list[nn.Module], seed: int, schedule: Schedule, world: World,
-                   split: Split, name: str, motions: str) -> VideoModel:
+                   split: Split, name: str, motions: str, state_path: Path | None = None) -> VideoModel:
     """The eps loss on clips of `base_actions(motions)` with the base captions; an I2V model also sees
     each clip's first frame (a mid-grey image where the caption is empty: the unconditional
     branch, as `VideoModel.encode_image(None)`)."""
     preset = model.preset
     model.requires_grad_(False).eval()
-    next_clip = clip_stream(seed + 1, base_actions(motions, split), world)
+    next_clip = ClipStream(seed + 1, base_actions(motions, split), world)
     caption_rng = random.Random(f"echoreel-toy/base-captions/{seed}")
     generator = torch.Generator().manual_seed(seed)
     tokens: dict[str, torch.Tensor] = {}
@@ -295,12 +396,19 @@ def _fit_diffusion(model: VideoModel, trained: list[nn.Module], seed: int, sched
     params = [p for part in trained for p in part.parameters()]
     for part in trained:
         part.requires_grad_(True).train()
-    averages = fit(params, loss, schedule, name)
+    state = FitState(Path(state_path), [next_clip, caption_rng, generator]) if state_path else None
+    averages = fit(params, loss, schedule, name, state)
     _load_averages(params, averages)
     return model.requires_grad_(False).eval()
 
 
 # ---- command line ----------------------------------------------------------------------------------
+
+def state_file(out: str | Path) -> Path:
+    """Where a resumable stage writing `out` keeps its state (FitState)."""
+    out = Path(out)
+    return out.with_name(out.name + ".state.safetensors")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m echoreel_core.toy.pretrain", description=__doc__,
@@ -318,7 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--motions", choices=BASE_MOTIONS, default="named",
                         help="base and i2v stages: named: the four moves the captions name (default); prism: also "
                              "every other Prism action, captioned by its object only (never a held-out action)")
+    parser.add_argument("--latent-side", type=int, choices=sorted(TOY_PRESETS), default=8,
+                        help="vae stage: the latent grid of 64x64 frames: 8 (f8, the shipped toy) or 16 (f4, "
+                             "models.TOY_FINE_PRESET); the later stages follow the VAE they are given")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true",
+                        help="write the stage's state to OUT.state.safetensors every 100 steps and continue from it "
+                             "if it is there (bit for bit as an uncut run); removed once OUT is written")
     add_threads_argument(parser)
     args = parser.parse_args(argv)
     if args.stage == "base" and not args.vae:
@@ -330,18 +444,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     log.info("%s", configure_threads(args.threads))
     started = time.perf_counter()
+    state_path = state_file(args.out) if args.resume else None
     if args.stage == "vae":
         schedule = dataclasses.replace(VAE_SCHEDULE, steps=args.steps or VAE_SCHEDULE.steps)
-        save_vae(train_vae(args.seed, schedule), args.out)
+        save_vae(train_vae(args.seed, schedule, latent_side=args.latent_side, state_path=state_path), args.out)
     elif args.stage == "i2v":
         schedule = dataclasses.replace(I2V_SCHEDULE, steps=args.steps or I2V_SCHEDULE.steps)
-        save_video_model(train_i2v(load_video_model(args.init), args.seed, schedule, motions=args.motions), args.out)
+        save_video_model(train_i2v(load_video_model(args.init), args.seed, schedule, motions=args.motions,
+                                   state_path=state_path), args.out)
     else:
         default = BASE_PHASES[args.phase]
         schedule = dataclasses.replace(default, steps=args.steps or default.steps)
         init = load_video_model(args.init) if args.init else None
-        model = train_base(load_vae(args.vae), args.seed, schedule, init=init, motions=args.motions)
+        model = train_base(load_vae(args.vae), args.seed, schedule, init=init, motions=args.motions,
+                           state_path=state_path)
         save_video_model(model, args.out)
+    if state_path is not None:
+        state_path.unlink(missing_ok=True)
     log.info("wrote %s in %.1f min", args.out, (time.perf_counter() - started) / 60)
     return 0
 

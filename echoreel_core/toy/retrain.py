@@ -4,7 +4,9 @@ The files go to --out, by default a folder inside --work, so that a trial run ne
 the files the pack ships: pass `--out echoreel_core/toy/shipped` to replace those.
 
 Stages (each skipped when its output already exists in --work, so a cut-short run goes on where
-it stopped; the EchoReel stages, once started, resume from their own latest checkpoints):
+it stopped; a stage cut short resumes where it stopped: the VAE, base and I2V stages from the
+state they keep beside their outputs every 100 steps, the EchoReel stages from their trainer's
+latest checkpoint):
     1. data: the Prism training pairs (2000, seed 0) as mp4 files + the official JSON;
     2. vae: the AutoencoderKL (`toy.pretrain vae`);
     3. base: UNet + text encoder on the base actions (`toy.pretrain base`), then on their noisy
@@ -117,17 +119,30 @@ def main(argv: list[str] | None = None) -> int:
     stage("data", prism_json, lambda: write_dataset(work / "data", "prism", args.pairs, seed=0, workers=2))
     vae_file, base_file, motion_file, detail_file = (work / f"{name}.safetensors"
                                                      for name in ("vae", "base", "base_motion", "base_detail"))
+    def pretrain_stage(name: str, done: Path, train, save) -> None:
+        """A stage of toy.pretrain, which keeps its state beside its output (pretrain.state_file)
+        every few hundred steps, so that a run cut short resumes it where it stopped."""
+        state = pretrain.state_file(done)
+
+        def run():
+            save(train(state), done)
+            state.unlink(missing_ok=True)
+        stage(name, done, run)
+
     vae_schedule = dataclasses.replace(pretrain.VAE_SCHEDULE, steps=args.vae_steps)
     base_schedule = dataclasses.replace(pretrain.BASE_SCHEDULE, steps=args.base_steps)
-    stage("vae", vae_file, lambda: pretrain.save_vae(pretrain.train_vae(schedule=vae_schedule), vae_file))
     motion_schedule = dataclasses.replace(pretrain.MOTION_SCHEDULE, steps=args.motion_steps)
-    stage("base", base_file, lambda: save_video_model(
-        pretrain.train_base(pretrain.load_vae(vae_file), schedule=base_schedule), base_file))
-    stage("base_motion", motion_file, lambda: save_video_model(pretrain.train_base(
-        pretrain.load_vae(vae_file), schedule=motion_schedule, init=load_video_model(base_file)), motion_file))
     detail_schedule = dataclasses.replace(pretrain.DETAIL_SCHEDULE, steps=args.detail_steps)
-    stage("base_detail", detail_file, lambda: save_video_model(pretrain.train_base(
-        pretrain.load_vae(vae_file), DETAIL_SEED, detail_schedule, init=load_video_model(motion_file)), detail_file))
+    pretrain_stage("vae", vae_file, lambda state: pretrain.train_vae(schedule=vae_schedule, state_path=state),
+                   pretrain.save_vae)
+    pretrain_stage("base", base_file, lambda state: pretrain.train_base(
+        pretrain.load_vae(vae_file), schedule=base_schedule, state_path=state), save_video_model)
+    pretrain_stage("base_motion", motion_file, lambda state: pretrain.train_base(
+        pretrain.load_vae(vae_file), schedule=motion_schedule, init=load_video_model(base_file), state_path=state),
+        save_video_model)
+    pretrain_stage("base_detail", detail_file, lambda state: pretrain.train_base(
+        pretrain.load_vae(vae_file), DETAIL_SEED, detail_schedule, init=load_video_model(motion_file),
+        state_path=state), save_video_model)
 
     def echoreel_stage(name: str, config: str, model_file: Path, steps: int | None, init: Path | None = None) -> Path:
         """EchoReel layers over `model_file` by the project's trainer, in WORK/name; returns the export."""
@@ -148,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     echoreel_file = echoreel_stage("echoreel", "toy", detail_file, args.echoreel_steps)
     i2v_file = work / "i2v.safetensors"
     i2v_schedule = dataclasses.replace(pretrain.I2V_SCHEDULE, steps=args.i2v_steps)
-    stage("i2v", i2v_file, lambda: save_video_model(
-        pretrain.train_i2v(load_video_model(detail_file), schedule=i2v_schedule), i2v_file))
+    pretrain_stage("i2v", i2v_file, lambda state: pretrain.train_i2v(
+        load_video_model(detail_file), schedule=i2v_schedule, state_path=state), save_video_model)
     echoreel_i2v_file = echoreel_stage("echoreel_i2v", "toy_i2v", i2v_file, args.echoreel_i2v_steps, init=echoreel_file)
     shipped_files = (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE, TOY_I2V_MODEL_FILE, TOY_I2V_ECHOREEL_FILE,
                      TOY_FIRST_FRAME_FILE)
