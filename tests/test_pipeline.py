@@ -132,7 +132,7 @@ def test_demo_writes_the_toy_side_by_side_and_reports_the_motions(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "reference | without EchoReel | with EchoReel" in result.stdout
-    assert result.stdout.count("motion cosine with the reference") == 2
+    assert len(re.findall(r"motion cosine with the reference [-+][\d.]+ \(path alone [-+][\d.]+\), ", result.stdout)) == 2
     lines = result.stdout.splitlines()
     assert lines[0].startswith("torch threads: ")
     assert re.search(r"^\[ *[\d.]+ s\] sampling without EchoReel: step 2 of 2$", result.stdout, re.M)
@@ -149,7 +149,7 @@ def test_demo_runs_the_image_to_video_toy_from_its_first_frame(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "image-to-video toy model" in result.stdout and "toy_first_frame.png" in result.stdout
-    assert len(re.findall(r"motion cosine with the reference [-+][\d.]+, .*, frame 0's object [\d.]+ px from the "
+    assert len(re.findall(r"motion cosine with the reference [-+][\d.]+ \(path alone [-+][\d.]+\), .*, frame 0's object [\d.]+ px from the "
                           r"image's$", result.stdout, re.M)) == 2
     assert probe_video(out).frame_count == 16
     refused = subprocess.run([sys.executable, "-m", "echoreel_core.demo", "--image", "first.png"], cwd=ROOT,
