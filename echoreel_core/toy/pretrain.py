@@ -138,8 +138,8 @@ class FitState:
                 tensors[f"generator.{k}"] = source.get_state()
             else:
                 python.append(source.getstate())
-        metadata = {"format": self.FORMAT, "stage": name, "step": str(step), "schedule": json.dumps(dataclasses.asdict(schedule)),
-                    "params": str(len(params)), "python_random": json.dumps(python)}
+        metadata = {"format": self.FORMAT, "stage": name, "step": str(step), "params": str(len(params)),
+                    "schedule": json.dumps(dataclasses.asdict(schedule)), "python_random": json.dumps(python)}
         tensors = {k: v.contiguous().clone() for k, v in tensors.items()}
         atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
