@@ -12,8 +12,9 @@ why:
 KL-f4 VAE (3 levels), and a UNet level at 16x16 in front of the two above, with temporal
 convolutions but no attention there (attention at 16x16 would more than double a step's cost;
 so EchoReel's sites stay at 8x8 and 4x4). Why finer latents: an object 12 to 17 pixels wide is
-two 8-pixel latent cells, and the base draws a moving object bigger and smaller as it crosses
-them (its area swings with a period of one cell), which the size part of the motion measure counts.
+two 8-pixel latent cells, and the 8x8 toy's objects flicker in size from frame to frame (in one
+probe a moving triangle's area swung about once per cell it crossed), which the size part of
+the motion measure counts; at 16x16 an object is 3 to 4 cells wide.
 `TOY_PRESETS` holds both by latent side; `preset_for_vae` picks the one whose VAE a file has.
 `TOY_I2V_PRESET` is VideoCrafter1's image-to-video architecture on the same UNet, VAE and text
 encoder: the UNet gets the decoupled image cross-attention, and an OpenCLIP-style vision tower

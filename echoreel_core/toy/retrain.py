@@ -119,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     stage("data", prism_json, lambda: write_dataset(work / "data", "prism", args.pairs, seed=0, workers=2))
     vae_file, base_file, motion_file, detail_file = (work / f"{name}.safetensors"
                                                      for name in ("vae", "base", "base_motion", "base_detail"))
+
     def pretrain_stage(name: str, done: Path, train, save) -> None:
         """A stage of toy.pretrain, which keeps its state beside its output (pretrain.state_file)
-        every few hundred steps, so that a run cut short resumes it where it stopped."""
+        every pretrain.STATE_EVERY steps, so that a run cut short resumes it where it stopped."""
         state = pretrain.state_file(done)
 
         def run():
