@@ -10,8 +10,8 @@ why:
     Text: width 64, 2 layers of 2 heads; its context is the UNet's 64-wide cross-attention input.
 `TOY_FINE_PRESET` is the same model over 16x16x4 latents, for trials (README, the toy model): a
 KL-f4 VAE (3 levels), and a UNet level at 16x16 in front of the two above, with temporal
-convolutions but no attention there (attention at 16x16 would more than double a step's cost;
-so EchoReel's sites stay at 8x8 and 4x4). Why finer latents: an object 12 to 17 pixels wide is
+convolutions but no attention there (attention at 16x16 made a UNet forward and backward pass
+1.6 times as slow; so EchoReel's sites stay at 8x8 and 4x4). Why finer latents: an object 12 to 17 pixels wide is
 two 8-pixel latent cells, and the 8x8 toy's objects flicker in size from frame to frame (in one
 probe a moving triangle's area swung about once per cell it crossed), which the size part of
 the motion measure counts; at 16x16 an object is 3 to 4 cells wide.
