@@ -32,14 +32,12 @@ from comfyui_server import API_EXAMPLES, EXAMPLES, serve  # noqa: E402
 from echoreel_core.toy.library import EXAMPLE_LIBRARY  # noqa: E402
 from echoreel_core.toy.models import (  # noqa: E402
     SHIPPED_DIR, TOY_ECHOREEL_FILE, TOY_FIRST_FRAME_FILE, TOY_I2V_ECHOREEL_FILE, TOY_I2V_MODEL_FILE, TOY_MODEL_FILE,
+    TOY_MOTION_FILE,
 )
 
 GAP_X, GAP_Y = 50, 40  # between columns, and between a node and the title bar of the next one
 MIN_WIDTH = 280
 
-# the shipped motion file: `python -m echoreel_core.motion encode` of the toy reference for the prompts
-# "a red circle" / "" and the caption "a blue square" (see SAVED_MOTION_NOTE)
-TOY_MOTION_FILE = "echoreel_motion/toy_orbit.safetensors"
 TOY_MOTION = pathlib.PurePosixPath(TOY_MOTION_FILE).name
 
 

@@ -217,17 +217,20 @@ def test_cli_on_the_shipped_toy_files_and_info(tmp_path, capsys):
                  "--out", str(out), "--threads", "1"]) == 0
     capsys.readouterr()
     motion = read_motion(out)
-    assert motion.features.cond.shape == (1, 16, 256) and motion.features.cond.dtype == torch.float32
-    assert prism_sha256(load_echoreel(shipped(TOY_ECHOREEL_FILE)).video_inject_process) == motion.metadata["prism_sha256"]
+    echoreel = load_echoreel(shipped(TOY_ECHOREEL_FILE))
+    prism = echoreel.config.prism
+    width = prism.latent_channels * prism.latent_height * prism.latent_width  # a token a frame, its latent's size
+    assert motion.features.cond.shape == (1, 16, width) and motion.features.cond.dtype == torch.float32
+    assert prism_sha256(echoreel.video_inject_process) == motion.metadata["prism_sha256"]
     assert motion.metadata["echoreel_weights"] == shipped(TOY_ECHOREEL_FILE).name
-    assert out.stat().st_size < 40_000  # 2 x 16 x 256 float32 = 32 KiB of features
+    assert out.stat().st_size < 2 * 16 * width * 4 + 8_000  # cond and uncond in float32, a little metadata
     # `python -m echoreel_core.motion info` in its own process prints the metadata
     done = subprocess.run([sys.executable, "-m", "echoreel_core.motion", "info", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     text = done.stdout
     for line in ("orbit.safetensors: EchoReel motion, format version 1", f"{out.stat().st_size:,} bytes",
-                 "cond and uncond (1, 16, 256) float32: 1 reference(s) of 16 frames",
+                 f"cond and uncond (1, 16, {width}) float32: 1 reference(s) of 16 frames",
                  f"Prism sha256  {motion.metadata['prism_sha256']}", "source_video  toy_reference.mp4",
                  f"source_sha256 {file_sha256(shipped(TOY_REFERENCE_FILE))}", "stride        4", "size          64x64",
                  "caption       a blue square", "prompt        a red circle", "negative_prompt(empty)",

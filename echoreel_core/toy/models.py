@@ -1,25 +1,24 @@
 """The toy model's architecture and where its shipped weights live.
 
-`TOY_PRESET` is VideoCrafter2's text-to-video architecture (UNet3D with temporal convolutions and
-fps conditioning, KL-f8 AutoencoderKL, OpenCLIP-style text transformer with the real CLIP
-tokenizer) at a size that trains on a CPU: 64x64 frames -> 8x8x4 latents, 16 frames. Sizes and
-why:
-    VAE: 32 channels, 4 levels (f8, as the real models); one block per level.
-    UNet: 32 channels, levels (1, 2) = 8x8 and 4x4, one block per level, attention at both;
-        16-wide heads, 8 norm groups (32 groups would leave one channel per group at this width).
-    Text: width 64, 2 layers of 2 heads; its context is the UNet's 64-wide cross-attention input.
-`TOY_FINE_PRESET` is the same model over 16x16x4 latents, for trials (README, the toy model): a
-KL-f4 VAE (3 levels), and a UNet level at 16x16 in front of the two above, with temporal
-convolutions but no attention there (attention at 16x16 made a UNet forward and backward pass
-1.6 times as slow; so EchoReel's sites stay at 8x8 and 4x4). Why finer latents: an object 12 to 17 pixels wide is
-two 8-pixel latent cells, and the 8x8 toy's objects flicker in size from frame to frame (in one
-probe a moving triangle's area swung about once per cell it crossed), which the size part of
-the motion measure counts; at 16x16 an object is 3 to 4 cells wide.
-`TOY_PRESETS` holds both by latent side; `preset_for_vae` picks the one whose VAE a file has.
-`TOY_I2V_PRESET` is VideoCrafter1's image-to-video architecture on the same UNet, VAE and text
-encoder: the UNet gets the decoupled image cross-attention, and an OpenCLIP-style vision tower
-(64x64 images in 8x8 patches, width 64, 2 layers) feeds a Resampler (2 layers, 16 queries of the
-UNet's 64-wide context). It is trained from the text-to-video toy (pretrain.py, stage `i2v`).
+The toy is VideoCrafter2's text-to-video architecture (UNet3D with temporal convolutions and fps
+conditioning, a KL AutoencoderKL, an OpenCLIP-style text transformer with the real CLIP
+tokenizer) at a size that trains on a CPU: 64x64 frames, 16 frames. `TOY_PRESETS` holds it by
+its latent grid; `TOY_PRESET` is the shipped one (`SHIPPED_LATENT_SIDE`). Sizes and why:
+    16 (shipped): a KL-f4 VAE (32 channels, 3 levels) -> 16x16x4 latents; UNet levels (1, 2, 2) =
+        16x16, 8x8 and 4x4, attention at 8x8 and 4x4 only (attention at 16x16 made a UNet forward
+        and backward pass 1.6 times as slow), so EchoReel's sites are at 8x8 and 4x4.
+    8 (the first toy): a KL-f8 VAE (4 levels, as the real models) -> 8x8x4; UNet levels (1, 2) =
+        8x8 and 4x4, attention at both. Its objects (12 to 17 pixels wide: two 8-pixel latent
+        cells) flicker in size from frame to frame, which the size part of the motion measure
+        counts; at 16x16 an object is 3 to 4 cells wide.
+    Both: UNet 32 channels, one block per level, 16-wide heads, 8 norm groups (32 groups would
+        leave one channel per group at this width); text width 64, 2 layers of 2 heads, its
+        context the UNet's 64-wide cross-attention input.
+`preset_for_vae` picks the preset whose VAE a file has. `TOY_I2V_PRESETS` (`TOY_I2V_PRESET`
+shipped) are VideoCrafter1's image-to-video architecture on the same UNet, VAE and text encoder:
+the UNet gets the decoupled image cross-attention, and an OpenCLIP-style vision tower (64x64
+images in 8x8 patches, width 64, 2 layers) feeds a Resampler (2 layers, 16 queries of the UNet's
+64-wide context). It is trained from the text-to-video toy (pretrain.py, stage `i2v`).
 The weights' own metadata holds these presets, so loaders never guess them from file names.
 """
 
@@ -41,6 +40,9 @@ TOY_REFERENCE_FILE = "input/toy_reference.mp4"  # a held-out action (orbiting cl
 TOY_I2V_MODEL_FILE = "videocrafter/videocrafter1_i2v_toy.safetensors"  # the image-to-video toy (fp16)
 TOY_I2V_ECHOREEL_FILE = "echoreel/echoreel_videocrafter1_i2v_toy.safetensors"  # EchoReel for it
 TOY_FIRST_FRAME_FILE = "input/toy_first_frame.png"  # a red circle where the demo reference's orbit starts
+TOY_MOTION_FILE = "echoreel_motion/toy_orbit.safetensors"  # the demo reference's motion, for the prompts below
+TOY_MOTION_CAPTION, TOY_MOTION_PROMPT = "a blue square", "a red circle"  # (negative prompt: empty)
+SHIPPED_LATENT_SIDE = 16  # the shipped toy's latent grid (TOY_PRESETS)
 
 
 def _toy_preset(latent_side: int) -> ModelPreset:
@@ -59,9 +61,8 @@ def _toy_preset(latent_side: int) -> ModelPreset:
                                height=64, width=64, frames=16, fps=8, cfg=7.5)
 
 
-TOY_PRESET = _toy_preset(8)
-TOY_FINE_PRESET = _toy_preset(16)
-TOY_PRESETS = {8: TOY_PRESET, 16: TOY_FINE_PRESET}  # by latent side
+TOY_PRESETS = {side: _toy_preset(side) for side in (8, 16)}  # by latent side
+TOY_PRESET = TOY_PRESETS[SHIPPED_LATENT_SIDE]
 
 
 def preset_for_vae(vae: AutoencoderConfig) -> ModelPreset:
@@ -73,17 +74,28 @@ def preset_for_vae(vae: AutoencoderConfig) -> ModelPreset:
                      f"known: {[p.vae.ch_mult for p in TOY_PRESETS.values()]}")
 
 
-def _toy_i2v_preset() -> ModelPreset:
+def _toy_i2v_preset(t2v: ModelPreset) -> ModelPreset:
+    """The image-to-video toy grown from the text-to-video toy `t2v` (same UNet, VAE and text)."""
     vc1 = PRESETS["videocrafter1-i2v-512"]
-    unet = dataclasses.replace(TOY_PRESET.unet, image_cross_attention=True)
+    unet = dataclasses.replace(t2v.unet, image_cross_attention=True)
     vision = OpenCLIPVisionConfig(width=64, layers=2, heads=2, patch_size=8, image_size=64, output_dim=64)
     resampler = ResamplerConfig(dim=64, depth=2, dim_head=16, heads=4, num_queries=16, embedding_dim=64,
                                 output_dim=unet.context_dim)
-    return dataclasses.replace(vc1, name="videocrafter1-i2v-toy", unet=unet, vae=TOY_PRESET.vae, text=TOY_PRESET.text,
-                               vision=vision, resampler=resampler, height=64, width=64, frames=16, fps=8, cfg=7.5)
+    name = t2v.name.replace("videocrafter2-t2v", "videocrafter1-i2v")  # the latent side's suffix stays
+    return dataclasses.replace(vc1, name=name, unet=unet, vae=t2v.vae, text=t2v.text, vision=vision,
+                               resampler=resampler, height=64, width=64, frames=16, fps=8, cfg=7.5)
 
 
-TOY_I2V_PRESET = _toy_i2v_preset()
+TOY_I2V_PRESETS = {side: _toy_i2v_preset(preset) for side, preset in TOY_PRESETS.items()}  # by latent side
+TOY_I2V_PRESET = TOY_I2V_PRESETS[SHIPPED_LATENT_SIDE]
+
+
+def i2v_preset_for(t2v: ModelPreset) -> ModelPreset:
+    """The image-to-video toy preset grown from the text-to-video toy preset `t2v` (by its UNet)."""
+    for side, preset in TOY_PRESETS.items():
+        if preset.unet == t2v.unet:
+            return TOY_I2V_PRESETS[side]
+    raise ValueError(f"{t2v.name} is not a text-to-video toy (its UNet is none of the toy presets')")
 
 
 def shipped(name: str) -> Path:

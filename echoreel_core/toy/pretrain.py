@@ -49,7 +49,7 @@ from ..models.autoencoder import AutoencoderConfig, AutoencoderKL
 from ..models.video_model import VideoModel
 from ..models.presets import _from_dict
 from ..common.threads import add_threads_argument, configure_threads
-from .models import TOY_I2V_PRESET, TOY_PRESETS, preset_for_vae
+from .models import SHIPPED_LATENT_SIDE, TOY_PRESETS, i2v_preset_for, preset_for_vae
 from .world import DEFAULT_SPLIT, ClipSpec, Split, World, clip_caption, render, sample_clip
 
 log = logging.getLogger("echoreel.toy.pretrain")
@@ -242,7 +242,7 @@ def latent_scale(vae: AutoencoderKL, frames: torch.Tensor) -> float:
 
 
 def train_vae(seed: int = 0, schedule: Schedule = VAE_SCHEDULE, world: World = World(),
-              split: Split = DEFAULT_SPLIT, latent_side: int = 8, state_path: Path | None = None) -> AutoencoderKL:
+              split: Split = DEFAULT_SPLIT, latent_side: int = SHIPPED_LATENT_SIDE, state_path: Path | None = None) -> AutoencoderKL:
     """The VAE of the toy over latent_side x latent_side latents (models.TOY_PRESETS); with
     `state_path`, resumable (FitState)."""
     torch.manual_seed(seed)
@@ -344,8 +344,7 @@ def train_i2v(t2v: VideoModel, seed: int = 0, schedule: Schedule = I2V_SCHEDULE,
     each clip's first frame. `to_v_ip` starts at zero, so training starts from the text-to-video
     model exactly; the text encoder and the VAE stay frozen (the two toys share them)."""
     torch.manual_seed(seed)
-    unet = dataclasses.replace(t2v.preset.unet, image_cross_attention=True)  # either latent size
-    model = VideoModel(dataclasses.replace(TOY_I2V_PRESET, vae=t2v.preset.vae, unet=unet))
+    model = VideoModel(dataclasses.replace(i2v_preset_for(t2v.preset), vae=t2v.preset.vae))  # either latent size
     missing, unexpected = model.load_state_dict(t2v.state_dict(), strict=False)
     new_parts = [k for k in missing if not k.startswith(("image_encoder.", "resampler.")) and "_ip." not in k]
     if unexpected or new_parts:
@@ -426,9 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--motions", choices=BASE_MOTIONS, default="named",
                         help="base and i2v stages: named: the four moves the captions name (default); prism: also "
                              "every other Prism action, captioned by its object only (never a held-out action)")
-    parser.add_argument("--latent-side", type=int, choices=sorted(TOY_PRESETS), default=8,
-                        help="vae stage: the latent grid of 64x64 frames: 8 (f8, the shipped toy) or 16 (f4, "
-                             "models.TOY_FINE_PRESET); the later stages follow the VAE they are given")
+    parser.add_argument("--latent-side", type=int, choices=sorted(TOY_PRESETS), default=SHIPPED_LATENT_SIDE,
+                        help="vae stage: the latent grid of 64x64 frames: 16 (f4, the shipped toy; default) or 8 "
+                             "(f8, the first toy); the later stages follow the VAE they are given")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true",
                         help="write the stage's state to OUT.state.safetensors every 100 steps and continue from it "

@@ -18,7 +18,8 @@ latest checkpoint):
     6. echoreel_i2v: EchoReel for it, from the text-to-video toy's (`--config toy_i2v`);
     7. ship: both base models (fp16) and both EchoReel weights (fp32) into --out (default
        --work/shipped), laid out as the shipped folder, with a reference video of a held-out
-       action for the demo and a first frame for the image-to-video examples;
+       action for the demo, a first frame for the image-to-video examples and that reference's
+       motion saved for the prompt "a red circle" (`python -m echoreel_core.motion encode`);
     8. evaluate: `toy.evaluate` of each toy on 70 held-out pairs, reports into --work/eval and
        --work/eval_i2v.
 """
@@ -40,8 +41,10 @@ from ..echoreel.weights import load_echoreel, save_echoreel
 from ..common.threads import add_threads_argument, configure_threads
 from ..train import main as train_main
 from . import evaluate, pretrain
-from .models import (TOY_ECHOREEL_FILE, TOY_FIRST_FRAME_FILE, TOY_I2V_ECHOREEL_FILE, TOY_I2V_MODEL_FILE,
-                     TOY_MODEL_FILE, TOY_REFERENCE_FILE)
+from ..motion.cli import main as motion_main
+from .models import (SHIPPED_LATENT_SIDE, TOY_ECHOREEL_FILE, TOY_FIRST_FRAME_FILE, TOY_I2V_ECHOREEL_FILE,
+                     TOY_I2V_MODEL_FILE, TOY_MODEL_FILE, TOY_MOTION_CAPTION, TOY_MOTION_FILE, TOY_MOTION_PROMPT,
+                     TOY_PRESETS, TOY_REFERENCE_FILE)
 from ..video_io import write_video
 from .world import ClipSpec, World, render, sample_clip, write_dataset
 
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                                       "--out echoreel_core/toy/shipped, run from the repository root, replaces "
                                       "the files the pack ships")
     parser.add_argument("--pairs", type=int, default=PRISM_PAIRS, help="Prism training pairs")
+    parser.add_argument("--latent-side", type=int, choices=sorted(TOY_PRESETS), default=SHIPPED_LATENT_SIDE,
+                        help="the latent grid of the 64x64 frames (default %(default)s, the shipped toy's; "
+                             "8: the earlier toy over KL-f8 latents)")
     parser.add_argument("--vae-steps", type=int, default=pretrain.VAE_SCHEDULE.steps)
     parser.add_argument("--base-steps", type=int, default=pretrain.BASE_SCHEDULE.steps)
     parser.add_argument("--motion-steps", type=int, default=pretrain.MOTION_SCHEDULE.steps)
@@ -134,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     base_schedule = dataclasses.replace(pretrain.BASE_SCHEDULE, steps=args.base_steps)
     motion_schedule = dataclasses.replace(pretrain.MOTION_SCHEDULE, steps=args.motion_steps)
     detail_schedule = dataclasses.replace(pretrain.DETAIL_SCHEDULE, steps=args.detail_steps)
-    pretrain_stage("vae", vae_file, lambda state: pretrain.train_vae(schedule=vae_schedule, state_path=state),
+    pretrain_stage("vae", vae_file, lambda state: pretrain.train_vae(schedule=vae_schedule, latent_side=args.latent_side,
+                                                                       state_path=state),
                    pretrain.save_vae)
     pretrain_stage("base", base_file, lambda state: pretrain.train_base(
         pretrain.load_vae(vae_file), schedule=base_schedule, state_path=state), save_video_model)
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         load_video_model(detail_file), schedule=i2v_schedule, state_path=state), save_video_model)
     echoreel_i2v_file = echoreel_stage("echoreel_i2v", "toy_i2v", i2v_file, args.echoreel_i2v_steps, init=echoreel_file)
     shipped_files = (TOY_MODEL_FILE, TOY_ECHOREEL_FILE, TOY_REFERENCE_FILE, TOY_I2V_MODEL_FILE, TOY_I2V_ECHOREEL_FILE,
-                     TOY_FIRST_FRAME_FILE)
+                     TOY_FIRST_FRAME_FILE, TOY_MOTION_FILE)
     for name in shipped_files:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
     save_video_model(load_video_model(detail_file), out / TOY_MODEL_FILE, dtype=torch.float16)
@@ -177,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     save_echoreel(load_echoreel(echoreel_i2v_file), out / TOY_I2V_ECHOREEL_FILE)
     write_demo_reference(out / TOY_REFERENCE_FILE)
     write_first_frame(out / TOY_FIRST_FRAME_FILE)
+    code = motion_main(["encode", str(out / TOY_REFERENCE_FILE), "--caption", TOY_MOTION_CAPTION, "--prompt",
+                        TOY_MOTION_PROMPT, "--model", str(out / TOY_MODEL_FILE), "--echoreel",
+                        str(out / TOY_ECHOREEL_FILE), "--out", str(out / TOY_MOTION_FILE), *threads])
+    if code:
+        raise SystemExit(f"writing {TOY_MOTION_FILE} failed (exit {code})")
     log.info("shipped files written to %s", out)
     for model_file, echoreel_weights, report in ((TOY_MODEL_FILE, TOY_ECHOREEL_FILE, "eval"),
                                                   (TOY_I2V_MODEL_FILE, TOY_I2V_ECHOREEL_FILE, "eval_i2v")):
