@@ -23,7 +23,7 @@ from comfyui_env import LVDM_ECHOREEL_FILE
 from comfyui_server import API_EXAMPLES, EXAMPLES, PACK_DIR, api_copy, load, messages, serve, ui_examples
 
 from echoreel_core.toy import metrics
-from echoreel_core.toy.models import SHIPPED_DIR, TOY_FIRST_FRAME_FILE
+from echoreel_core.toy.models import SHIPPED_DIR, TOY_FIRST_FRAME_FILE, TOY_PRESET
 
 UI_EXAMPLES = ui_examples()
 # the toy workflows run at their own size (64x64, 16 frames) with fewer steps, and an fps of their
@@ -278,8 +278,10 @@ def test_bad_inputs_fail_clearly_and_the_server_keeps_serving(server):
 
     wrong = server.wait(server.queue(quick(base, EchoReel_LoadEchoReel={"echoreel_name": LVDM_ECHOREEL_FILE})))
     assert wrong["status"]["status_str"] == "error"
-    # weights for another model are refused at their first use, with the size they need
-    assert "ActionPrismEncode" in messages(wrong) and "these EchoReel weights need 128x128" in messages(wrong)
+    # weights for another model are refused where they meet it, naming both (their 16x16 reference
+    # latent is the toy's 64x64 frames through its f4 VAE, so the Prism encodes; Apply refuses)
+    assert "EchoReel_ApplyEchoReel" in messages(wrong) and "these EchoReel weights are for lvdm (" in messages(wrong)
+    assert f"the model is {TOY_PRESET.name}" in messages(wrong)
 
     # still serving: a good prompt runs
     good = server.run(quick(base, SaveVideo={"filename_prefix": "after_errors"}))
