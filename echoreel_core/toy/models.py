@@ -14,8 +14,8 @@ its latent grid; `TOY_PRESET` is the shipped one (`SHIPPED_LATENT_SIDE`). Sizes 
     Both: UNet 32 channels, one block per level, 16-wide heads, 8 norm groups (32 groups would
         leave one channel per group at this width); text width 64, 2 layers of 2 heads, its
         context the UNet's 64-wide cross-attention input.
-`preset_for_vae` picks the preset whose VAE a file has. `TOY_I2V_PRESETS` (`TOY_I2V_PRESET`
-shipped) are VideoCrafter1's image-to-video architecture on the same UNet, VAE and text encoder:
+`preset_for_vae` picks the preset whose VAE a file has. `toy_i2v_preset` (`TOY_I2V_PRESET`
+shipped) is VideoCrafter1's image-to-video architecture on the same UNet, VAE and text encoder:
 the UNet gets the decoupled image cross-attention, and an OpenCLIP-style vision tower (64x64
 images in 8x8 patches, width 64, 2 layers) feeds a Resampler (2 layers, 16 queries of the UNet's
 64-wide context). It is trained from the text-to-video toy (pretrain.py, stage `i2v`).
@@ -74,8 +74,9 @@ def preset_for_vae(vae: AutoencoderConfig) -> ModelPreset:
                      f"known: {[p.vae.ch_mult for p in TOY_PRESETS.values()]}")
 
 
-def _toy_i2v_preset(t2v: ModelPreset) -> ModelPreset:
-    """The image-to-video toy grown from the text-to-video toy `t2v` (same UNet, VAE and text)."""
+def toy_i2v_preset(t2v: ModelPreset) -> ModelPreset:
+    """The image-to-video toy grown from the text-to-video toy `t2v` (its UNet, VAE and text, so a
+    trained VAE's measured scale factor carries over)."""
     vc1 = PRESETS["videocrafter1-i2v-512"]
     unet = dataclasses.replace(t2v.unet, image_cross_attention=True)
     vision = OpenCLIPVisionConfig(width=64, layers=2, heads=2, patch_size=8, image_size=64, output_dim=64)
@@ -86,16 +87,7 @@ def _toy_i2v_preset(t2v: ModelPreset) -> ModelPreset:
                                resampler=resampler, height=64, width=64, frames=16, fps=8, cfg=7.5)
 
 
-TOY_I2V_PRESETS = {side: _toy_i2v_preset(preset) for side, preset in TOY_PRESETS.items()}  # by latent side
-TOY_I2V_PRESET = TOY_I2V_PRESETS[SHIPPED_LATENT_SIDE]
-
-
-def i2v_preset_for(t2v: ModelPreset) -> ModelPreset:
-    """The image-to-video toy preset grown from the text-to-video toy preset `t2v` (by its UNet)."""
-    for side, preset in TOY_PRESETS.items():
-        if preset.unet == t2v.unet:
-            return TOY_I2V_PRESETS[side]
-    raise ValueError(f"{t2v.name} is not a text-to-video toy (its UNet is none of the toy presets')")
+TOY_I2V_PRESET = toy_i2v_preset(TOY_PRESET)
 
 
 def shipped(name: str) -> Path:

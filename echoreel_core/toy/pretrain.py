@@ -49,7 +49,7 @@ from ..models.autoencoder import AutoencoderConfig, AutoencoderKL
 from ..models.video_model import VideoModel
 from ..models.presets import _from_dict
 from ..common.threads import add_threads_argument, configure_threads
-from .models import SHIPPED_LATENT_SIDE, TOY_PRESETS, i2v_preset_for, preset_for_vae
+from .models import SHIPPED_LATENT_SIDE, TOY_PRESETS, preset_for_vae, toy_i2v_preset
 from .world import DEFAULT_SPLIT, ClipSpec, Split, World, clip_caption, render, sample_clip
 
 log = logging.getLogger("echoreel.toy.pretrain")
@@ -344,7 +344,7 @@ def train_i2v(t2v: VideoModel, seed: int = 0, schedule: Schedule = I2V_SCHEDULE,
     each clip's first frame. `to_v_ip` starts at zero, so training starts from the text-to-video
     model exactly; the text encoder and the VAE stay frozen (the two toys share them)."""
     torch.manual_seed(seed)
-    model = VideoModel(dataclasses.replace(i2v_preset_for(t2v.preset), vae=t2v.preset.vae))  # either latent size
+    model = VideoModel(toy_i2v_preset(t2v.preset))  # either latent size
     missing, unexpected = model.load_state_dict(t2v.state_dict(), strict=False)
     new_parts = [k for k in missing if not k.startswith(("image_encoder.", "resampler.")) and "_ip." not in k]
     if unexpected or new_parts:
