@@ -80,8 +80,8 @@ def test_reduced_image_to_video_evaluation_keeps_the_first_frame(toy_i2v, tmp_pa
     """The I2V toy on one pair of each original held-out action, each started from its target's
     first frame, 10 steps: EchoReel transfers the motion, frame 0 keeps the image's object where
     the image has it, and no colour comes from the reference (measured: fidelity -0.079 without,
-    0.346 with; frame 0's object 11.8 px from the image's without, 5.3 with; the shrinking pair's
-    is the farthest: on the 70 pairs at 25 steps 3.6 px, shrinking 8.6, README)."""
+    0.346 with; frame 0's object 11.8 px from the image's without, 5.3 with; on the 70 pairs at 25
+    steps 3.6 px, the shrinking pairs 8.6: README)."""
     model, echoreel = toy_i2v
     report = evaluate(model, echoreel, write_dataset(tmp_path / "data", "eval", 3, seed=0), EvalSettings(steps=10))
     without, with_echoreel = report["overall"]["without"], report["overall"]["with_echoreel"]
