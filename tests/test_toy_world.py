@@ -18,7 +18,7 @@ from echoreel_core.training.data import VideoSpec, load_entries, read_clip
 from echoreel_core.toy import metrics, world
 from echoreel_core.toy.metrics import (
     Track, detection_rate, grid, grid_image, leaked, motion_cosine,
-    motion_fidelity, motion_vector, track, video_object,
+    motion_fidelity, motion_vector, path_cosine, track, travels, video_object,
 )
 from echoreel_core.toy.world import (
     ACTIONS, DEFAULT_SPLIT, HELD_OUT_GROUPS, ClipSpec, Split, World, background, caption, clip_caption, render,
@@ -444,6 +444,32 @@ def test_motion_fidelity():
                     left.height, left.width)
     assert motion_cosine(flicker, left) < 0.5
     assert motion_cosine(flicker, left, size_weight=0.0) == pytest.approx(1.0)
+
+
+def test_path_fidelity_is_defined_only_for_a_reference_that_travels():
+    """A shrinking reference stays in place: its path vector is the tracker's jitter, and a cosine
+    with it says nothing (about 0 for any video, the ideal still one included), so it is None and
+    the evaluation's path fidelity leaves such pairs out; a moving reference gets the cosine."""
+    shrink, left = (track(render(clip(a, "green", "square", 2))) for a in ("shrink", "move_left"))
+    jitter = sum(math.hypot(b.x - a.x, b.y - a.y) for a, b in zip(shrink, shrink[1:]))
+    assert jitter < metrics.MIN_PATH and not travels(shrink) and travels(left)
+    assert path_cosine(left, shrink) is None
+    assert path_cosine(shrink, left) == pytest.approx(motion_cosine(shrink, left, 0.0))
+    still = Track((shrink[0],) * len(shrink), shrink.height, shrink.width)  # ideal: the object kept in place
+    assert motion_cosine(still, shrink, 0.0) == 0.0  # what the cosine with jitter would have given it
+    from echoreel_core.toy.evaluate import Outcome, PairResult, format_report, summarise
+
+    def result(action, path):
+        seen = Outcome(0.5, path, 1.0, "red", "circle")
+        return PairResult(action, "a red circle", "a blue square", ("red", "circle"), ("blue", "square"),
+                          seen, seen, seen, "ref.mp4", action)
+
+    report = summarise([result("shrink", None), result("orbit_cw", 0.9), result("orbit_cw", 0.7)])
+    assert report["overall"]["with_echoreel"]["path_fidelity"] == pytest.approx(0.8)  # the two that travel
+    assert report["overall"]["with_echoreel"]["motion_fidelity"] == pytest.approx(0.5)  # all three
+    assert math.isnan(report["per_action"]["shrink"]["with_echoreel"]["path_fidelity"])
+    shrink_row = next(line for line in format_report(report).splitlines() if line.startswith("shrink"))
+    assert "n/a / n/a" in shrink_row
 
 
 def test_motion_fidelity_with_missing_detections():

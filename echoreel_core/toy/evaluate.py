@@ -7,7 +7,8 @@ prompt twice with the same seed and steps, without and with EchoReel fed the ref
 (the measures are defined in echoreel_core/toy/metrics.py):
     motion fidelity: the mean cosine between the generated and the reference motion vectors;
     path fidelity: the same without the size changes (where the object goes, not how big it is),
-        which tells a wrong path from a right path drawn by an object whose size flickers;
+        which tells a wrong path from a right path drawn by an object whose size flickers; over
+        the pairs whose reference travels (a shrinking one stays in place: metrics.path_cosine);
     content leakage: the share of generated videos whose colour or shape follows the reference;
     detection rate: the share of generated frames in which an object is found;
 per action, per group of held-out actions (the original three; the new motions: accelerating, the
@@ -87,7 +88,7 @@ class Outcome:
     """What the tracker saw in one video."""
 
     cosine: float  # motion cosine with the reference
-    path_cosine: float  # the same over positions only (size_weight 0)
+    path_cosine: float | None  # the same over positions only (None: the reference stays in place)
     detected: float  # share of frames with an object
     colour: str | None  # majority over the detected frames (None: nothing detected)
     shape: str | None
@@ -155,7 +156,7 @@ def _outcome(frames: torch.Tensor, reference_track: metrics.Track, world: World,
     offset = None
     if start is not None and track[0] is not None:
         offset = math.dist((track[0].x, track[0].y), (start.x, start.y))
-    return Outcome(metrics.motion_cosine(track, reference_track), metrics.motion_cosine(track, reference_track, 0.0),
+    return Outcome(metrics.motion_cosine(track, reference_track), metrics.path_cosine(track, reference_track),
                    metrics.detection_rate(track), *seen, start_offset=offset)
 
 
@@ -218,6 +219,11 @@ def _share(flags: list[bool]) -> float:
     return sum(flags) / len(flags) if flags else float("nan")
 
 
+def _mean(values: list[float]) -> float:
+    """NaN over no values (path fidelity of pairs whose references all stay in place: 'n/a' in the table)."""
+    return sum(values) / len(values) if values else float("nan")
+
+
 def figures(rows: list[PairResult]) -> dict:
     """Means over pairs; leakage counts only videos with an object (toy-world.md), split into the
     colour and the shape that follow the reference, next to how often the prompt's were drawn."""
@@ -229,7 +235,7 @@ def figures(rows: list[PairResult]) -> dict:
         colour, shape = [c for c, _ in leaks], [s for _, s in leaks]
         out[way] = {
             "motion_fidelity": sum(o.cosine for o, _ in outcomes) / len(rows),
-            "path_fidelity": sum(o.path_cosine for o, _ in outcomes) / len(rows),
+            "path_fidelity": _mean([o.path_cosine for o, _ in outcomes if o.path_cosine is not None]),
             "detection_rate": sum(o.detected for o, _ in outcomes) / len(rows),
             "content_leakage": _share([c or s for c, s in zip(colour, shape)]),
             "colour_leakage": _share(colour),
@@ -286,6 +292,10 @@ def evaluate(model: VideoModel, echoreel: EchoReel, data_json: str | Path, setti
     return report
 
 
+def _cell(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
 def format_report(report: dict) -> str:
     """A table: one row per action, each group's actions followed by the group's row, then
     overall; each cell 'without / with EchoReel'."""
@@ -304,7 +314,7 @@ def format_report(report: dict) -> str:
         w, e = f["without"], f["with_echoreel"]
         lines.append(
             f"{name:<13} {f['pairs']:>5}  {w['motion_fidelity']:>6.3f} / {e['motion_fidelity']:<6.3f}"
-            f"  {w['path_fidelity']:>6.3f} / {e['path_fidelity']:<6.3f}"
+            f"  {_cell(w['path_fidelity']):>6} / {_cell(e['path_fidelity']):<6}"
             f"  {w['content_leakage']:>4.0%} / {e['content_leakage']:<4.0%} ({e['colour_leakage']:.0%}, "
             f"{e['shape_leakage']:.0%})        {w['detection_rate']:>5.1%} / {e['detection_rate']:<6.1%}"
             f" {w['prompt_object']:>4.0%} / {e['prompt_object']:<4.0%}    | {f['round_trip']['motion_fidelity']:.3f}"

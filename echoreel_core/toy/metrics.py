@@ -45,6 +45,12 @@ Motion fidelity (`motion_vector`, `motion_cosine`, `motion_fidelity`)
     a zero vector (nothing detected, or no motion at all) is 0. `motion_fidelity` is the mean
     cosine over the set: 1 for identical motion, about 0 for unrelated, -1 for reversed.
 
+Path fidelity (`path_cosine`): the same cosine with size_weight 0, where the object goes. It is
+    defined only for a reference whose object travels (`travels`: at least MIN_PATH, 1 pixel, of
+    frame-to-frame moves in all): a reference that stays in place (shrinking) has a path vector of
+    the tracker's sub-pixel jitter (about 0.1 pixel a frame on anti-aliased edges), and a cosine
+    with jitter is about 0 for every generated video, the ideal one that stays still included.
+
 Content leakage (`video_object`, `leaked`)
     A generated video's object is the majority vote of its detected frames' colours and shapes.
     It leaks when its colour equals the reference's (where the reference's colour differs from the
@@ -250,6 +256,20 @@ def motion_fidelity(generated: Sequence[Track], references: Sequence[Track], siz
         raise ValueError(f"need equally many generated and reference tracks, at least one; "
                          f"got {len(generated)} and {len(references)}")
     return sum(motion_cosine(g, r, size_weight) for g, r in zip(generated, references)) / len(generated)
+
+
+MIN_PATH = 1.0  # pixels of frame-to-frame moves over the whole reference: less is tracker jitter
+
+
+def travels(tr: Track) -> bool:
+    """Whether the track's object moves at least MIN_PATH pixels in all (frame to frame, found frames)."""
+    steps = [math.hypot(b.x - a.x, b.y - a.y) for a, b in zip(tr, tr[1:]) if a is not None and b is not None]
+    return sum(steps) >= MIN_PATH
+
+
+def path_cosine(generated: Track, reference: Track) -> float | None:
+    """The motion cosine over positions only (size_weight 0); None when the reference does not travel."""
+    return motion_cosine(generated, reference, 0.0) if travels(reference) else None
 
 
 def _object(o) -> tuple[str, str]:
