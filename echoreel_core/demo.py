@@ -138,11 +138,12 @@ def run(args: argparse.Namespace, output: Path) -> int:
     ref_track = metrics.track(reference)
     for name, video in (("without EchoReel", without), ("with EchoReel", with_echoreel)):
         tr = metrics.track(video)
-        kept = ""
+        kept, path = "", metrics.path_cosine(tr, ref_track)
+        path = "n/a: the reference stays in place" if path is None else f"{path:+.2f}"
         if start is not None and tr[0] is not None:
             kept = f", frame 0's object {math.dist((tr[0].x, tr[0].y), (start.x, start.y)):.1f} px from the image's"
         print(f"  {name:<17} motion cosine with the reference {metrics.motion_cosine(tr, ref_track):+.2f} "
-              f"(path alone {metrics.motion_cosine(tr, ref_track, size_weight=0.0):+.2f}), "
+              f"(path alone {path}), "
               f"object {metrics.video_object(tr)}, found in {metrics.detection_rate(tr):.0%} of frames{kept}")
     return 0
 
