@@ -215,19 +215,16 @@ def evaluate_pair(model: VideoModel, echoreel: EchoReel, entry, extra: dict, set
     return result, (reference, without, with_echoreel)
 
 
-def _share(flags: list[bool]) -> float:
-    return sum(flags) / len(flags) if flags else float("nan")
-
-
-def _mean(values: list[float]) -> float:
-    """NaN over no values (path fidelity of pairs whose references all stay in place: 'n/a' in the table)."""
+def _mean(values: list[float] | list[bool]) -> float:
+    """The mean, or a share of flags; NaN over none (leakage where no video had an object, path
+    fidelity where every reference stays in place: 'n/a' in the table)."""
     return sum(values) / len(values) if values else float("nan")
 
 
 def figures(rows: list[PairResult]) -> dict:
     """Means over pairs; leakage counts only videos with an object (toy-world.md), split into the
     colour and the shape that follow the reference, next to how often the prompt's were drawn."""
-    out = {"pairs": len(rows), "reference_of_the_action": _share([r.reference_action == r.action for r in rows])}
+    out = {"pairs": len(rows), "reference_of_the_action": _mean([r.reference_action == r.action for r in rows])}
     for way in ("without", "with_echoreel", "round_trip"):
         outcomes = [(getattr(r, way), r) for r in rows]
         judged = [(o, r) for o, r in outcomes if o.colour is not None]
@@ -237,10 +234,10 @@ def figures(rows: list[PairResult]) -> dict:
             "motion_fidelity": sum(o.cosine for o, _ in outcomes) / len(rows),
             "path_fidelity": _mean([o.path_cosine for o, _ in outcomes if o.path_cosine is not None]),
             "detection_rate": sum(o.detected for o, _ in outcomes) / len(rows),
-            "content_leakage": _share([c or s for c, s in zip(colour, shape)]),
-            "colour_leakage": _share(colour),
-            "shape_leakage": _share(shape),
-            "prompt_object": _share([(o.colour, o.shape) == r.prompt_object for o, r in judged]),
+            "content_leakage": _mean([c or s for c, s in zip(colour, shape)]),
+            "colour_leakage": _mean(colour),
+            "shape_leakage": _mean(shape),
+            "prompt_object": _mean([(o.colour, o.shape) == r.prompt_object for o, r in judged]),
         }
         offsets = [o.start_offset for o, _ in outcomes if o.start_offset is not None]
         if offsets:  # I2V: frame 0's object against the image's, over the videos with an object there
